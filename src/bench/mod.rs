@@ -1,0 +1,1 @@
+//! Benchmarks and end-to-end pipelines (step speed, demo).

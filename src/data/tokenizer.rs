@@ -1,0 +1,1 @@
+//! Tokenizers: load tokenizer.json, train BPE.

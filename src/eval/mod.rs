@@ -1,0 +1,1 @@
+//! Evaluation: generation, scoring, QA metrics.

@@ -1,0 +1,212 @@
+//! A Llama-style decoder: token embedding, N blocks of (RMSNorm → grouped-query attention with
+//! RoPE → residual, RMSNorm → feed-forward → residual), final RMSNorm, LM head (optionally tied).
+//! Tensor names follow Hugging Face `LlamaForCausalLM`.
+//!
+//! Activations are kept 2-D, (B·T, D), so every projection is a single GEMM; attention views
+//! them as (B, T, H, Dh) without copying.
+
+use super::config::LlamaConfig;
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::params::{Init, ParamBuilder};
+use crate::ops;
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+
+const INIT_STD: f64 = 0.02;
+
+/// Per-forward state handed to every block: lets modules (the memory layer) record what they
+/// touched and know which positions are padding.
+#[derive(Default)]
+pub struct ForwardCtx {
+    /// For each of the B·T positions, whether it is a real token (padding is excluded from
+    /// access accounting). `None` means every position is real.
+    pub token_mask: Option<Vec<bool>>,
+}
+
+/// What fills a block's feed-forward slot: the SwiGLU MLP, or (later) a memory layer in its
+/// place or beside it.
+pub trait FeedForward: Send + Sync {
+    /// x: (N, D) post-attention-norm activations -> (N, D)
+    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor>;
+}
+
+/// down(silu(gate(x)) * up(x))
+pub struct SwiGluMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl SwiGluMlp {
+    pub fn new(cfg: &LlamaConfig, pb: &ParamBuilder) -> Result<Self> {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let std = Init::Normal { std: INIT_STD };
+        let resid = Init::Normal { std: INIT_STD / (2.0 * cfg.num_hidden_layers as f64).sqrt() };
+        Ok(Self {
+            gate_proj: Linear::new(&pb.pp("gate_proj"), d, f, false, std)?,
+            up_proj: Linear::new(&pb.pp("up_proj"), d, f, false, std)?,
+            down_proj: Linear::new(&pb.pp("down_proj"), f, d, false, resid)?,
+        })
+    }
+}
+
+impl FeedForward for SwiGluMlp {
+    fn forward(&self, x: &Tensor, _ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let h = ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        Ok(self.down_proj.forward(&h)?)
+    }
+}
+
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn new(cfg: &LlamaConfig, pb: &ParamBuilder) -> Result<Self> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let kv = cfg.num_key_value_heads * hd;
+        let std = Init::Normal { std: INIT_STD };
+        let resid = Init::Normal { std: INIT_STD / (2.0 * cfg.num_hidden_layers as f64).sqrt() };
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: Linear::new(&pb.pp("q_proj"), d, cfg.num_attention_heads * hd, bias, std)?,
+            k_proj: Linear::new(&pb.pp("k_proj"), d, kv, bias, std)?,
+            v_proj: Linear::new(&pb.pp("v_proj"), d, kv, bias, std)?,
+            o_proj: Linear::new(&pb.pp("o_proj"), cfg.num_attention_heads * hd, d, false, resid)?,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    /// x: (B·T, D) -> (B·T, D). With a cache, attends over cached positions plus these.
+    fn forward(
+        &self,
+        x: &Tensor,
+        (b, t): (usize, usize),
+        offset: usize,
+        rope: &ops::RopeTables,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let q = self.q_proj.forward(x)?.reshape((b, t, self.n_heads, self.head_dim))?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?;
+        let q = ops::rope(&q, rope, offset)?;
+        let k = ops::rope(&k, rope, offset)?;
+        let (k, v) = match cache {
+            Some((c, layer)) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let y = ops::causal_attention(&q, &k, &v, scale)?;
+        Ok(self.o_proj.forward(&y.reshape((b * t, self.n_heads * self.head_dim))?)?)
+    }
+}
+
+pub struct Block {
+    pub input_layernorm: Tensor,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Tensor,
+    pub mlp: Box<dyn FeedForward>,
+}
+
+/// The decoder.
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: Tensor,
+    /// (V, D); the embedding itself when tied.
+    pub lm_head: Tensor,
+    rope: ops::RopeTables,
+}
+
+impl Llama {
+    /// Build with SwiGLU MLPs in every block.
+    pub fn new(cfg: &LlamaConfig, pb: &ParamBuilder) -> Result<Self> {
+        Self::with_ffn(cfg, pb, |layer_pb, _i| Ok(Box::new(SwiGluMlp::new(cfg, &layer_pb.pp("mlp"))?)))
+    }
+
+    /// Build with a custom feed-forward per block: `make_ffn(block_builder, layer_index)`.
+    pub fn with_ffn(
+        cfg: &LlamaConfig,
+        pb: &ParamBuilder,
+        mut make_ffn: impl FnMut(&ParamBuilder, usize) -> Result<Box<dyn FeedForward>>,
+    ) -> Result<Self> {
+        cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let m = pb.pp("model");
+        let d = cfg.hidden_size;
+        let embed_tokens = m.pp("embed_tokens").get((cfg.vocab_size, d), "weight", Init::Normal { std: INIT_STD })?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let lp = m.pp("layers").pp(i);
+            layers.push(Block {
+                input_layernorm: lp.pp("input_layernorm").get(d, "weight", Init::Ones)?,
+                self_attn: Attention::new(cfg, &lp.pp("self_attn"))?,
+                post_attention_layernorm: lp.pp("post_attention_layernorm").get(d, "weight", Init::Ones)?,
+                mlp: make_ffn(&lp, i)?,
+            });
+        }
+        let norm = m.pp("norm").get(d, "weight", Init::Ones)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            pb.pp("lm_head").get((cfg.vocab_size, d), "weight", Init::Normal { std: INIT_STD })?
+        };
+        let rope = ops::RopeTables::new(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, pb.device())?;
+        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// Final hidden states (B·T, D) for tokens (B, T) u32 at positions offset..offset+T.
+    pub fn hidden(&self, tokens: &Tensor, mut cache: Option<&mut KvCache>, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if offset + t > self.cfg.max_position_embeddings {
+            anyhow::bail!(
+                "sequence of {} positions exceeds max_position_embeddings = {}",
+                offset + t,
+                self.cfg.max_position_embeddings
+            );
+        }
+        let mut x = self.embed_tokens.index_select(&tokens.flatten_all()?, 0)?;
+        let eps = self.cfg.rms_norm_eps;
+        for (i, blk) in self.layers.iter().enumerate() {
+            let h = ops::rms_norm(&x, &blk.input_layernorm, eps)?;
+            let c = cache.as_deref_mut().map(|c| (c, i));
+            let a = blk.self_attn.forward(&h, (b, t), offset, &self.rope, c)?;
+            x = (x + a)?;
+            let h = ops::rms_norm(&x, &blk.post_attention_layernorm, eps)?;
+            x = (&x + blk.mlp.forward(&h, ctx)?)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, eps)?)
+    }
+
+    /// Logits (B·T, V).
+    pub fn forward(&self, tokens: &Tensor, cache: Option<&mut KvCache>, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let h = self.hidden(tokens, cache, ctx)?;
+        Ok(h.matmul(&self.lm_head.t()?)?)
+    }
+
+    /// Mean next-token loss; `targets` (B, T) u32 with `ops::IGNORE_INDEX` for positions to skip.
+    pub fn loss(&self, inputs: &Tensor, targets: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let logits = self.forward(inputs, None, ctx)?;
+        Ok(ops::cross_entropy(&logits, &targets.flatten_all()?)?)
+    }
+
+    /// Per-token log-probabilities of `targets` (B·T,), no gradient.
+    pub fn token_logprobs(&self, inputs: &Tensor, targets: &Tensor) -> Result<Vec<f32>> {
+        let logits = self.forward(inputs, None, &mut ForwardCtx::default())?;
+        Ok(ops::token_logprobs(&logits, &targets.flatten_all()?)?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+}

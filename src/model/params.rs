@@ -1,0 +1,236 @@
+//! Named parameters. Names mirror Hugging Face checkpoint names (`model.layers.0.self_attn.q_proj.weight`):
+//! a module asks a `ParamBuilder` for a tensor by path, as with candle-nn's `VarBuilder`.
+//!
+//! Every parameter is a `Var` in the store. Whether the model sees it as trainable is decided when
+//! the model is built: frozen parameters are handed out detached (same storage, no gradient), so
+//! backward does no work for them.
+
+use crate::util::rng_for;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use rand_distr::{Distribution, Normal, Uniform};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// How a fresh parameter is initialised.
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    Zeros,
+    Ones,
+    Normal { std: f64 },
+    Uniform { bound: f64 },
+    /// U(±sqrt(6 / (fan_in + fan_out))) for a (out, in) matrix.
+    XavierUniform,
+}
+
+/// All parameters of a model by name, in a stable (sorted) order.
+#[derive(Clone, Default)]
+pub struct ParamStore {
+    vars: Arc<Mutex<BTreeMap<String, Var>>>,
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.vars.lock().unwrap().keys().cloned().collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.vars.lock().unwrap().get(name).cloned()
+    }
+
+    pub fn insert(&self, name: &str, var: Var) {
+        self.vars.lock().unwrap().insert(name.to_string(), var);
+    }
+
+    /// (name, var) pairs in name order.
+    pub fn all(&self) -> Vec<(String, Var)> {
+        self.vars.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    pub fn num_elements(&self) -> usize {
+        self.vars.lock().unwrap().values().map(|v| v.elem_count()).sum()
+    }
+
+    /// Snapshot of every tensor (detached, sharing storage) for saving.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.vars.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_detached_tensor())).collect()
+    }
+
+    /// Deep copy (new storage), e.g. to give each SEAL candidate fresh weights.
+    pub fn deep_clone(&self) -> Result<Self> {
+        let out = ParamStore::new();
+        for (k, v) in self.all() {
+            out.insert(&k, Var::from_tensor(&v.as_tensor().copy()?)?);
+        }
+        Ok(out)
+    }
+
+    /// Overwrite values of existing parameters from `tensors` (shapes must agree).
+    pub fn assign_from(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (k, v) in self.all() {
+            if let Some(t) = tensors.get(&k) {
+                if t.dims() != v.dims() {
+                    bail!("tensor {k}: shape {:?} does not match the model's {:?}", t.dims(), v.dims());
+                }
+                v.set(&t.to_dtype(v.dtype())?.to_device(v.device())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a builder takes values from.
+#[derive(Clone)]
+enum Source {
+    /// Fresh, seeded initialisation: each tensor's RNG stream is derived from (seed, name).
+    Init { seed: u64 },
+    /// Tensors loaded from a checkpoint; a missing or mis-shaped tensor is an error naming it.
+    Loaded(Arc<HashMap<String, Tensor>>),
+}
+
+/// A path into a `ParamStore`, like candle-nn's `VarBuilder`.
+#[derive(Clone)]
+pub struct ParamBuilder {
+    store: ParamStore,
+    prefix: Vec<String>,
+    source: Source,
+    device: Device,
+    trainable: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl ParamBuilder {
+    /// Builder that initialises fresh parameters from `seed`.
+    pub fn fresh(store: &ParamStore, seed: u64, device: &Device) -> Self {
+        Self { store: store.clone(), prefix: vec![], source: Source::Init { seed }, device: device.clone(), trainable: Arc::new(|_| true) }
+    }
+
+    /// Builder that takes every parameter from `tensors`.
+    pub fn from_tensors(store: &ParamStore, tensors: HashMap<String, Tensor>, device: &Device) -> Self {
+        Self {
+            store: store.clone(),
+            prefix: vec![],
+            source: Source::Loaded(Arc::new(tensors)),
+            device: device.clone(),
+            trainable: Arc::new(|_| true),
+        }
+    }
+
+    /// Builder over parameters already in `store` (rebuilding a model, e.g. with other parameters frozen).
+    pub fn existing(store: &ParamStore, device: &Device) -> Self {
+        Self::from_tensors(store, store.tensors(), device)
+    }
+
+    /// Parameters whose full name fails `pred` are handed out detached (frozen).
+    pub fn with_trainable(mut self, pred: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.trainable = Arc::new(pred);
+        self
+    }
+
+    pub fn pp(&self, s: impl ToString) -> Self {
+        let mut b = self.clone();
+        b.prefix.push(s.to_string());
+        b
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        let mut p = self.prefix.clone();
+        p.push(name.to_string());
+        p.join(".")
+    }
+
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// Get (creating if needed) the parameter `name` under this path.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
+        let shape = shape.into();
+        let full = self.path(name);
+        let var = match self.store.get(&full) {
+            Some(v) => {
+                if v.shape() != &shape {
+                    bail!("parameter {full}: stored shape {:?} differs from expected {:?}", v.dims(), shape.dims());
+                }
+                v
+            }
+            None => {
+                let t = match &self.source {
+                    Source::Init { seed } => init_tensor(&shape, init, *seed, &full, &self.device)?,
+                    Source::Loaded(map) => {
+                        let t = map.get(&full).with_context(|| format!("tensor `{full}` is missing from the checkpoint"))?;
+                        if t.shape() != &shape {
+                            bail!("tensor `{full}` has shape {:?} in the checkpoint; the config expects {:?}", t.dims(), shape.dims());
+                        }
+                        t.to_dtype(DType::F32)?.to_device(&self.device)?.copy()?
+                    }
+                };
+                let v = Var::from_tensor(&t)?;
+                self.store.insert(&full, v.clone());
+                v
+            }
+        };
+        Ok(if (self.trainable)(&full) { var.as_tensor().clone() } else { var.as_detached_tensor() })
+    }
+
+    /// Whether this builder has a value for `name` (for optional tensors such as biases).
+    pub fn contains(&self, name: &str) -> bool {
+        let full = self.path(name);
+        self.store.get(&full).is_some() || matches!(&self.source, Source::Loaded(m) if m.contains_key(&full))
+    }
+
+    pub fn is_fresh(&self) -> bool {
+        matches!(self.source, Source::Init { .. })
+    }
+}
+
+fn init_tensor(shape: &Shape, init: Init, seed: u64, name: &str, device: &Device) -> Result<Tensor> {
+    let n = shape.elem_count();
+    let mut rng = rng_for(seed, name);
+    let data: Vec<f32> = match init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Normal { std } => {
+            let d = Normal::new(0.0f32, std as f32)?;
+            (0..n).map(|_| d.sample(&mut rng)).collect()
+        }
+        Init::Uniform { bound } => {
+            let d = Uniform::new_inclusive(-bound as f32, bound as f32)?;
+            (0..n).map(|_| d.sample(&mut rng)).collect()
+        }
+        Init::XavierUniform => {
+            let dims = shape.dims();
+            let (fan_out, fan_in) = match dims {
+                [o, i] => (*o, *i),
+                _ => (n, n),
+            };
+            let b = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+            let d = Uniform::new_inclusive(-b, b)?;
+            (0..n).map(|_| d.sample(&mut rng)).collect()
+        }
+    };
+    Ok(Tensor::from_vec(data, shape.clone(), device)?)
+}
+
+/// Load every tensor of one or more safetensors files (sharded checkpoints), as f32.
+pub fn load_safetensors(paths: &[impl AsRef<Path>], device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for p in paths {
+        let p = p.as_ref();
+        let m = candle_core::safetensors::load(p, device)
+            .map_err(|e| crate::MemtuneError::BadCheckpoint { path: p.to_path_buf(), msg: e.to_string() })?;
+        for (k, t) in m {
+            let t = if t.dtype() == DType::F32 || t.dtype() == DType::U32 { t } else { t.to_dtype(DType::F32)? };
+            out.insert(k, t);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,1 @@
+//! Finite-difference gradient checking, used by every op's tests.

@@ -1,0 +1,25 @@
+//! Differentiable ops with hand-written backward passes.
+//!
+//! candle's fused `rms_norm`, `softmax_last_dim` and `rope*` have no backward, and its generic
+//! autodiff is slow on CPU (see DESIGN.md §1). Each file here implements one coarse op as a
+//! `CustomOp` with an analytic `bwd`, works on contiguous f32 buffers in parallel with rayon,
+//! and carries its finite-difference test. `reference` holds slow compositions of candle
+//! primitives that backprop correctly; they are the tests' oracle.
+
+pub mod access;
+pub mod attention;
+pub mod cross_entropy;
+pub mod gradcheck;
+pub mod reference;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
+
+pub use attention::causal_attention;
+pub use cross_entropy::{cross_entropy, token_logprobs};
+pub use rmsnorm::rms_norm;
+pub use rope::{rope, RopeTables};
+pub use swiglu::swiglu;
+
+/// Targets equal to this are ignored by the loss (padding).
+pub const IGNORE_INDEX: u32 = u32::MAX;

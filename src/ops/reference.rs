@@ -1,0 +1,81 @@
+//! Slow but differentiable compositions of candle primitives: the oracle the custom ops are
+//! tested against, forward and backward. Not used on training paths.
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// x * rsqrt(mean(x², -1) + eps) * w
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let rstd = (ms + eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&rstd)?.broadcast_mul(w)
+}
+
+/// Rotate-half RoPE (Hugging Face Llama convention) on x: (B, T, H, Dh); cos/sin: (T, Dh/2).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (_b, t, _h, dh) = x.dims4()?;
+    let half = dh / 2;
+    let cos = cos.reshape((1, t, 1, half))?;
+    let sin = sin.reshape((1, t, 1, half))?;
+    let x1 = x.narrow(3, 0, half)?;
+    let x2 = x.narrow(3, half, half)?;
+    let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let y2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    Tensor::cat(&[y1, y2], 3)
+}
+
+/// Softmax over the last dim from primitives (exp / sum) so that it backprops.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Causal attention. q: (B, T, Hq, Dh), k/v: (B, S, Hkv, Dh) with S ≥ T; query i sits at
+/// position S - T + i. Returns (B, T, Hq, Dh).
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, t, hq, dh) = q.dims4()?;
+    let (_, s, hkv, _) = k.dims4()?;
+    let rep = hq / hkv;
+    let expand = |x: &Tensor| -> Result<Tensor> {
+        // (B, S, Hkv, Dh) -> (B, Hq, S, Dh), each kv head repeated for its query group
+        let x = x.transpose(1, 2)?; // B Hkv S Dh
+        let x = x.unsqueeze(2)?.expand((b, hkv, rep, s, dh))?;
+        x.reshape((b, hq, s, dh))
+    };
+    let qh = q.transpose(1, 2)?.contiguous()?; // B Hq T Dh
+    let kh = expand(k)?.contiguous()?;
+    let vh = expand(v)?.contiguous()?;
+    let scores = (qh.matmul(&kh.t()?)? * scale)?; // B Hq T S
+    let offset = s - t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, s), q.device())?;
+    let p = softmax(&scores.broadcast_add(&mask)?)?;
+    p.matmul(&vh)?.transpose(1, 2)?.contiguous()
+}
+
+/// silu(gate) * up
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let silu = (gate * candle_nn::ops::sigmoid(gate)?)?;
+    silu * up
+}
+
+/// Mean negative log-likelihood of `targets` (N,) u32 under `logits` (N, V), ignoring
+/// `super::IGNORE_INDEX`.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    let tv = targets.to_vec1::<u32>()?;
+    let mask: Vec<f32> = tv.iter().map(|&t| if t == super::IGNORE_INDEX { 0.0 } else { 1.0 }).collect();
+    let count = mask.iter().sum::<f32>().max(1.0);
+    let safe: Vec<u32> = tv.iter().map(|&t| if t == super::IGNORE_INDEX { 0 } else { t }).collect();
+    let safe = Tensor::from_vec(safe, n, logits.device())?;
+    let m = logits.max_keepdim(1)?.detach();
+    let shifted = logits.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let mask = Tensor::from_vec(mask, n, logits.device())?.to_dtype(DType::F32)?;
+    let _ = v;
+    ((picked * mask)?.sum_all()? * (-1.0 / count as f64))?.to_dtype(DType::F32)
+}
