@@ -14,7 +14,21 @@ pub struct ExperimentConfig {
     pub model: LlamaConfig,
     pub train: TrainConfig,
     pub data: DataConfig,
+    pub eval: EvalConfig,
     pub run: RunConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Questions asked per split (a seeded sample; 0 = all).
+    pub max_questions: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { max_questions: 300 }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -202,6 +216,9 @@ impl ExperimentConfig {
         }
         if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
             return bad("train.beta1", "betas must be in [0, 1)");
+        }
+        if let Err(m) = self.data.world.validate() {
+            return Err(("data.world".into(), m));
         }
         if !(0.0..=1.0).contains(&self.data.qa_fraction) {
             return bad("data.qa_fraction", "must be in [0, 1]");

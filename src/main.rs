@@ -1,5 +1,207 @@
-//! The `memtune` command line: a thin layer over the library.
+//! The `memtune` command line: parses arguments, loads configs, calls the library.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use memtune::config::ExperimentConfig;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "memtune", version, about = "Continual learning on a trainable transformer: sparse memory finetuning, SEAL, LoRA, full finetuning")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `--config FILE` and repeated `--set key=value`, shared by every command that runs an experiment.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Experiment config (TOML); built-in defaults when omitted.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override any config key, e.g. `--set train.lr=1e-3` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<ExperimentConfig> {
+        ExperimentConfig::load(self.config.as_deref(), &self.set)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// End to end on built-in defaults: synthesise a world, train a tokenizer, pretrain a tiny
+    /// model, report closed-book QA accuracy.
+    Demo {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Pretrain a model from scratch (config's [model], [train], [data]); writes a run directory.
+    Pretrain {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Continue from the checkpoint in the run directory.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Generate a continuation of a prompt.
+    Generate {
+        /// Run directory or model folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Per-token log-likelihood of texts, one JSON line per text.
+    Score {
+        #[arg(long)]
+        model: PathBuf,
+        /// A text to score (repeatable).
+        #[arg(long)]
+        text: Vec<String>,
+        /// A file with one text per line.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Closed-book QA: exact match and token F1 (SQuAD normalisation).
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL of {"question", "answers": [..]} (or "answer"); default: the synthetic world of the
+        /// model's run config.
+        #[arg(long)]
+        qa: Option<PathBuf>,
+        /// Synthetic-world split to ask about: qa, bio-only, new, seal.
+        #[arg(long, default_value = "bio-only")]
+        split: String,
+        /// At most this many questions (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Data utilities.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Tokenizer utilities.
+    Tokenizer {
+        #[command(subcommand)]
+        command: TokenizerCommand,
+    },
+    /// Speed benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Write the synthetic world (people, bios, QA, splits) as JSONL.
+    Synth {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, default_value = "data/synthetic")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train a byte-level BPE tokenizer on text files (or the synthetic world when none given).
+    Train {
+        /// Text files (whole file = one document; .jsonl lines with a "text" field).
+        #[arg(long = "input")]
+        inputs: Vec<PathBuf>,
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        #[arg(long, default_value = "tokenizer.json")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time training steps of a config; prints one JSON line (tokens_per_s, step_ms, peak_rss_mb).
+    Step {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
+}
 
 fn main() {
-    println!("memtune: under construction");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    use memtune::{bench, data, eval, train};
+    match cli.command {
+        Command::Demo { cfg } => {
+            let cfg = match &cfg.config {
+                Some(_) => cfg.load()?,
+                None => bench::demo::default_config(&cfg.set)?,
+            };
+            bench::demo::run(&cfg)
+        }
+        Command::Pretrain { cfg, resume } => train::pretrain::run(&cfg.load()?, resume).map(|_| ()),
+        Command::Generate { model, prompt, max_new_tokens, temperature, top_p, seed } => {
+            let opts = eval::GenerateOptions { max_new_tokens, temperature, top_p, seed, stop_tokens: vec![] };
+            println!("{}", eval::generate::generate_text(&model, &prompt, &opts)?);
+            Ok(())
+        }
+        Command::Score { model, text, file } => {
+            let mut texts = text;
+            if let Some(f) = file {
+                let body = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+                texts.extend(body.lines().filter(|l| !l.trim().is_empty()).map(String::from));
+            }
+            anyhow::ensure!(!texts.is_empty(), "score needs --text or --file");
+            for line in eval::score::score_texts(&model, &texts)? {
+                println!("{}", serde_json::to_string(&line)?);
+            }
+            Ok(())
+        }
+        Command::Eval { model, qa, split, limit } => {
+            let report = eval::qa::eval_command(&model, qa.as_deref(), &split, limit)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Data { command: DataCommand::Synth { cfg, out } } => {
+            let cfg = cfg.load()?;
+            let world = data::synthetic::World::generate(&cfg.data.world);
+            world.write_jsonl(&out)?;
+            eprintln!("wrote the synthetic world to {}", out.display());
+            Ok(())
+        }
+        Command::Tokenizer { command: TokenizerCommand::Train { inputs, vocab_size, out } } => {
+            let tok = data::tokenizer::train_from_files(&inputs, vocab_size)?;
+            tok.save(&out)?;
+            eprintln!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Step { cfg, warmup, steps } } => {
+            let report = bench::step::run(&cfg.load()?, warmup, steps)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+    }
 }

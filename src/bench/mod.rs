@@ -1,1 +1,4 @@
-//! Benchmarks and end-to-end pipelines (step speed, demo).
+//! Benchmarks and end-to-end pipelines: training-step speed, the demo.
+
+pub mod demo;
+pub mod step;

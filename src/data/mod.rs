@@ -1,5 +1,6 @@
-//! Data: tokenizers, the synthetic world, packed batches.
+//! Data: tokenizers, the synthetic world, text corpora, packed and padded batches.
 
 pub mod batches;
 pub mod synthetic;
+pub mod text;
 pub mod tokenizer;

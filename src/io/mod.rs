@@ -1,1 +1,4 @@
 //! Files: atomic writes, checkpoints.
+
+pub mod atomic;
+pub mod checkpoint;

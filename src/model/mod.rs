@@ -6,6 +6,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod llama;
 pub mod params;
+pub mod pretrained;
 
 pub use config::LlamaConfig;
 pub use kv_cache::KvCache;

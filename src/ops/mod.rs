@@ -10,10 +10,13 @@ pub mod access;
 pub mod attention;
 pub mod cross_entropy;
 pub mod gradcheck;
+pub mod kernels;
 pub mod reference;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
+#[cfg(test)]
+mod timing;
 
 pub use attention::causal_attention;
 pub use cross_entropy::{cross_entropy, token_logprobs};

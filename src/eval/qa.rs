@@ -1,0 +1,98 @@
+//! Closed-book question answering: greedy answers scored by exact match and token F1.
+
+use super::generate::{generate, GenerateOptions};
+use super::metrics::{exact_match, mean_stderr, token_f1};
+use crate::config::ExperimentConfig;
+use crate::data::synthetic::{qa_prompt, Split, World};
+use crate::data::tokenizer::Tokenizer;
+use crate::model::pretrained::load_model_dir;
+use crate::model::Llama;
+use anyhow::{Context, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QaItem {
+    pub question: String,
+    pub answers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct QaReport {
+    pub n: usize,
+    pub em: f64,
+    pub em_stderr: f64,
+    pub f1: f64,
+}
+
+/// Longest answer the evaluator generates, in tokens.
+pub const MAX_ANSWER_TOKENS: usize = 12;
+
+/// Greedy answer to an already formatted prompt, cut at the first newline or end of text.
+pub fn answer(model: &Llama, tok: &Tokenizer, prompt: &str) -> Result<String> {
+    let ids = tok.encode(prompt)?;
+    let opts = GenerateOptions { max_new_tokens: MAX_ANSWER_TOKENS, stop_tokens: vec![tok.eos_id()], ..Default::default() };
+    let out = generate(model, &ids, &opts)?;
+    let out: Vec<u32> = out.into_iter().filter(|&t| t != tok.eos_id()).collect();
+    let text = tok.decode(&out)?;
+    Ok(text.split('\n').next().unwrap_or("").trim().to_string())
+}
+
+/// Ask every item closed-book (prompt = `qa_prompt(question)`), score EM and F1.
+pub fn evaluate(model: &Llama, tok: &Tokenizer, items: &[QaItem]) -> Result<(QaReport, Vec<String>)> {
+    let mut ems = Vec::with_capacity(items.len());
+    let mut f1s = Vec::with_capacity(items.len());
+    let mut preds = Vec::with_capacity(items.len());
+    for it in items {
+        let p = answer(model, tok, &qa_prompt(&it.question))?;
+        ems.push(exact_match(&p, &it.answers));
+        f1s.push(token_f1(&p, &it.answers));
+        preds.push(p);
+    }
+    let (em, em_stderr) = mean_stderr(&ems);
+    let (f1, _) = mean_stderr(&f1s);
+    Ok((QaReport { n: items.len(), em, em_stderr, f1 }, preds))
+}
+
+/// QA items for a split of the synthetic world: every question template of every attribute.
+pub fn world_items(world: &World, split: Split) -> Vec<QaItem> {
+    world.qa_pairs(split).into_iter().map(|(q, a)| QaItem { question: q, answers: vec![a] }).collect()
+}
+
+/// Read a JSONL file of {"question", "answers": [...]} (or "answer": "...").
+pub fn read_jsonl(path: &Path) -> Result<Vec<QaItem>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let q = v["question"].as_str().with_context(|| format!("{}:{}: no \"question\"", path.display(), i + 1))?;
+        let answers: Vec<String> = match (&v["answers"], &v["answer"]) {
+            (serde_json::Value::Array(a), _) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            (_, serde_json::Value::String(s)) => vec![s.clone()],
+            _ => anyhow::bail!("{}:{}: no \"answers\" list or \"answer\" string", path.display(), i + 1),
+        };
+        out.push(QaItem { question: q.to_string(), answers });
+    }
+    Ok(out)
+}
+
+/// `memtune eval`.
+pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usize) -> Result<QaReport> {
+    let m = load_model_dir(model_dir, &Device::Cpu)?;
+    let mut items = match qa {
+        Some(p) => read_jsonl(p)?,
+        None => {
+            let exp = model_dir.join("experiment.toml");
+            let cfg = ExperimentConfig::load(Some(&exp), &[])
+                .with_context(|| format!("{} has no experiment.toml with a synthetic world; pass --qa FILE", model_dir.display()))?;
+            let split: Split = split.parse()?;
+            world_items(&World::generate(&cfg.data.world), split)
+        }
+    };
+    if limit > 0 {
+        items.truncate(limit);
+    }
+    Ok(evaluate(&m.model, &m.tokenizer, &items)?.0)
+}

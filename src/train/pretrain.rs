@@ -1,0 +1,188 @@
+//! `memtune pretrain`: train a model from scratch on the synthetic world or a text corpus, with
+//! checkpoints that resume bit for bit.
+
+use super::optim::{default_groups, optimizer_from_config, Optimizer};
+use super::progress::Progress;
+use super::trainer::{heldout_loss, StepStats, Trainer};
+use crate::config::{DataSource, ExperimentConfig};
+use crate::data::batches::{BatchSource, DataPosition, SyntheticStream, TextCorpusStream};
+use crate::data::synthetic::World;
+use crate::data::tokenizer::Tokenizer;
+use crate::io::checkpoint::{Checkpoint, CheckpointMeta};
+use crate::model::{Llama, ParamBuilder, ParamStore};
+use crate::MemtuneError;
+use anyhow::{Context, Result};
+use candle_core::Device;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What a finished pretraining run leaves behind.
+pub struct PretrainOutcome {
+    pub dir: PathBuf,
+    pub store: ParamStore,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub final_loss: f32,
+    pub steps: usize,
+}
+
+pub fn device_from(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        other => anyhow::bail!("device `{other}` is not available in this build (only `cpu`)"),
+    }
+}
+
+/// The tokenizer for a run: the configured file, the run directory's, or one trained on the corpus.
+pub fn run_tokenizer(cfg: &ExperimentConfig, dir: &Path, world: Option<&World>) -> Result<Tokenizer> {
+    let in_run = dir.join("tokenizer.json");
+    let tok = if in_run.exists() {
+        Tokenizer::from_file(&in_run)?
+    } else if !cfg.data.tokenizer.is_empty() {
+        Tokenizer::from_file(Path::new(&cfg.data.tokenizer))?
+    } else {
+        let texts: Vec<String> = match (cfg.data.source, world) {
+            (DataSource::Synthetic, Some(w)) => w.corpus_sample(4000, cfg.train.seed),
+            _ => crate::data::text::read_documents(&cfg.data.text_files)?,
+        };
+        crate::data::tokenizer::train_bpe(&texts, cfg.model.vocab_size)?
+    };
+    let path = if cfg.data.tokenizer.is_empty() || in_run.exists() { in_run.clone() } else { PathBuf::from(&cfg.data.tokenizer) };
+    tok.check_vocab(cfg.model.vocab_size, &path)?;
+    Ok(tok)
+}
+
+/// The training stream of a config, positioned at `pos` (a fresh stream when `None`).
+pub fn training_stream(
+    cfg: &ExperimentConfig,
+    world: Option<&World>,
+    tok: &Tokenizer,
+    seed: u64,
+    pos: Option<&DataPosition>,
+) -> Result<Box<dyn BatchSource>> {
+    let t = &cfg.train;
+    Ok(match cfg.data.source {
+        DataSource::Synthetic => {
+            let w = world.context("synthetic data needs a world")?.clone();
+            let s = SyntheticStream::new(w, tok.clone(), seed, cfg.data.qa_fraction, t.batch_size, t.seq_len)?;
+            Box::new(match pos {
+                Some(p) => s.from_position(p)?,
+                None => s,
+            })
+        }
+        DataSource::Text => {
+            let s = TextCorpusStream::new(&cfg.data.text_files, tok.clone(), seed, t.batch_size, t.seq_len)?;
+            Box::new(match pos {
+                Some(p) => s.from_position(p)?,
+                None => s,
+            })
+        }
+    })
+}
+
+pub fn make_optimizer(cfg: &ExperimentConfig, store: &ParamStore, names: &[String]) -> Result<Box<dyn Optimizer>> {
+    optimizer_from_config(&cfg.train, store, default_groups(store, names, cfg.train.weight_decay))
+}
+
+/// Train per `cfg`; with `resume`, continue from the run directory's checkpoint.
+pub fn run(cfg: &ExperimentConfig, resume: bool) -> Result<PretrainOutcome> {
+    let dir = PathBuf::from(&cfg.run.dir);
+    let device = device_from(&cfg.run.device)?;
+    let ckpt_dir = dir.join(CHECKPOINT_DIR);
+    let has_ckpt = Checkpoint::exists(&ckpt_dir);
+    if has_ckpt && !resume {
+        return Err(MemtuneError::Other(format!(
+            "{} already holds a checkpoint; pass --resume to continue it or set run.dir to a new directory",
+            dir.display()
+        ))
+        .into());
+    }
+    if resume && !has_ckpt {
+        return Err(MemtuneError::BadCheckpoint { path: dir.clone(), msg: "--resume given but there is no checkpoint".into() }.into());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    let world = matches!(cfg.data.source, DataSource::Synthetic).then(|| World::generate(&cfg.data.world));
+    let tok = run_tokenizer(cfg, &dir, world.as_ref())?;
+    tok.save(&dir.join("tokenizer.json"))?;
+
+    let store = ParamStore::new();
+    let (model, optimizer, start, pos) = if resume {
+        let ck = Checkpoint::load(&ckpt_dir, &device)?;
+        let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, ck.model, &device))?;
+        let mut opt = make_optimizer(cfg, &store, &store.names())?;
+        opt.load_state(&ck.optimizer)?;
+        let pos: DataPosition = serde_json::from_value(ck.meta.trainer["data_position"].clone())
+            .map_err(|e| MemtuneError::BadCheckpoint { path: ckpt_dir.clone(), msg: format!("trainer state has no valid data position: {e}") })?;
+        (model, opt, ck.meta.step, Some(pos))
+    } else {
+        let model = Llama::new(&cfg.model, &ParamBuilder::fresh(&store, cfg.train.seed, &device))?;
+        let opt = make_optimizer(cfg, &store, &store.names())?;
+        (model, opt, 0, None)
+    };
+    let mut source = training_stream(cfg, world.as_ref(), &tok, cfg.train.seed, pos.as_ref())?;
+    let metrics_path = dir.join("metrics.jsonl");
+    truncate_metrics_after(&metrics_path, start)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
+
+    tracing::info!(
+        "pretraining {} parameters for {} steps ({} tokens/step) in {}",
+        store.num_elements(),
+        cfg.train.steps,
+        cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum,
+        dir.display()
+    );
+    let save = |step: usize, opt: &dyn Optimizer, source: &dyn BatchSource| -> Result<()> {
+        let meta = CheckpointMeta {
+            step,
+            trainer: serde_json::json!({ "data_position": source.position() }),
+            model_config: cfg.model.to_hf_json(),
+            experiment_toml: cfg.to_toml(),
+            extra_files: [("tokenizer.json".to_string(), tok.to_json_bytes()?)].into(),
+            ..Default::default()
+        };
+        Checkpoint::save(&ckpt_dir, &store.tensors(), &opt.state_tensors()?, &meta)
+    };
+    let trainable = store.names();
+    let mut trainer = Trainer { model: &model, store: &store, trainable, optimizer, cfg: cfg.train.clone() };
+    let mut progress = Progress::new("pretrain", start, cfg.train.steps);
+    let mut last = StepStats { step: start, loss: f32::NAN, lr: 0.0, grad_norm: 0.0, tokens: 0 };
+    for step in start..cfg.train.steps {
+        last = trainer.step(source.as_mut(), step)?;
+        progress.update(&last);
+        let mut line = serde_json::to_value(&last)?;
+        if cfg.train.eval_every > 0 && last.step % cfg.train.eval_every == 0 {
+            let mut held = training_stream(cfg, world.as_ref(), &tok, cfg.train.seed ^ HELDOUT_SEED, None)?;
+            line["heldout_loss"] = heldout_loss(&model, held.as_mut(), cfg.train.eval_batches)?.into();
+        }
+        if last.step % cfg.train.log_every.max(1) == 0 || last.step == cfg.train.steps {
+            writeln!(metrics, "{line}")?;
+        }
+        if cfg.train.checkpoint_every > 0 && last.step % cfg.train.checkpoint_every == 0 && last.step < cfg.train.steps {
+            save(last.step, trainer.optimizer.as_ref(), source.as_ref())?;
+        }
+    }
+    progress.finish(&last);
+    save(cfg.train.steps.max(start), trainer.optimizer.as_ref(), source.as_ref())?;
+    drop(trainer);
+    Ok(PretrainOutcome { dir, store, model, tokenizer: tok, final_loss: last.loss, steps: cfg.train.steps })
+}
+
+/// The checkpoint's folder inside a run directory; it is also a loadable model folder.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// Seed offset of the held-out stream (same distribution, other documents).
+pub const HELDOUT_SEED: u64 = 0x5eed_0fff;
+
+/// On resume, drop metric lines of steps after the checkpoint (they will be produced again).
+fn truncate_metrics_after(path: &Path, step: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .collect();
+    let body = if kept.is_empty() { String::new() } else { kept.join("\n") + "\n" };
+    crate::io::atomic::write_atomic(path, body.as_bytes())
+}
