@@ -44,6 +44,9 @@ enum Command {
         /// Continue from the checkpoint in the run directory.
         #[arg(long)]
         resume: bool,
+        /// Stop after this many steps (a checkpoint is written); resume later with --resume.
+        #[arg(long)]
+        stop_after: Option<usize>,
     },
     /// Generate a continuation of a prompt.
     Generate {
@@ -162,7 +165,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             bench::demo::run(&cfg)
         }
-        Command::Pretrain { cfg, resume } => train::pretrain::run(&cfg.load()?, resume).map(|_| ()),
+        Command::Pretrain { cfg, resume, stop_after } => {
+            let out = train::pretrain::run_until(&cfg.load()?, resume, stop_after)?;
+            println!("{}", serde_json::json!({"run_dir": out.dir, "steps": out.steps, "final_loss": out.final_loss}));
+            Ok(())
+        }
         Command::Generate { model, prompt, max_new_tokens, temperature, top_p, seed } => {
             let opts = eval::GenerateOptions { max_new_tokens, temperature, top_p, seed, stop_tokens: vec![] };
             println!("{}", eval::generate::generate_text(&model, &prompt, &opts)?);

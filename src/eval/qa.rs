@@ -80,6 +80,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<QaItem>> {
 
 /// `memtune eval`.
 pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usize) -> Result<QaReport> {
+    let model_dir = &crate::model::pretrained::resolve_model_dir(model_dir);
     let m = load_model_dir(model_dir, &Device::Cpu)?;
     let mut items = match qa {
         Some(p) => read_jsonl(p)?,

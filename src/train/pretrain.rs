@@ -86,6 +86,12 @@ pub fn make_optimizer(cfg: &ExperimentConfig, store: &ParamStore, names: &[Strin
 
 /// Train per `cfg`; with `resume`, continue from the run directory's checkpoint.
 pub fn run(cfg: &ExperimentConfig, resume: bool) -> Result<PretrainOutcome> {
+    run_until(cfg, resume, None)
+}
+
+/// As `run`, but stop (after writing a checkpoint) once `stop_after` steps are done: a session
+/// can be cut short and resumed later with the same schedule.
+pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>) -> Result<PretrainOutcome> {
     let dir = PathBuf::from(&cfg.run.dir);
     let device = device_from(&cfg.run.device)?;
     let ckpt_dir = dir.join(CHECKPOINT_DIR);
@@ -146,7 +152,8 @@ pub fn run(cfg: &ExperimentConfig, resume: bool) -> Result<PretrainOutcome> {
     let mut trainer = Trainer { model: &model, store: &store, trainable, optimizer, cfg: cfg.train.clone() };
     let mut progress = Progress::new("pretrain", start, cfg.train.steps);
     let mut last = StepStats { step: start, loss: f32::NAN, lr: 0.0, grad_norm: 0.0, tokens: 0 };
-    for step in start..cfg.train.steps {
+    let end = stop_after.unwrap_or(cfg.train.steps).min(cfg.train.steps);
+    for step in start..end {
         last = trainer.step(source.as_mut(), step)?;
         progress.update(&last);
         let mut line = serde_json::to_value(&last)?;
@@ -157,14 +164,14 @@ pub fn run(cfg: &ExperimentConfig, resume: bool) -> Result<PretrainOutcome> {
         if last.step % cfg.train.log_every.max(1) == 0 || last.step == cfg.train.steps {
             writeln!(metrics, "{line}")?;
         }
-        if cfg.train.checkpoint_every > 0 && last.step % cfg.train.checkpoint_every == 0 && last.step < cfg.train.steps {
+        if cfg.train.checkpoint_every > 0 && last.step % cfg.train.checkpoint_every == 0 && last.step < end {
             save(last.step, trainer.optimizer.as_ref(), source.as_ref())?;
         }
     }
     progress.finish(&last);
-    save(cfg.train.steps.max(start), trainer.optimizer.as_ref(), source.as_ref())?;
+    save(end.max(start), trainer.optimizer.as_ref(), source.as_ref())?;
     drop(trainer);
-    Ok(PretrainOutcome { dir, store, model, tokenizer: tok, final_loss: last.loss, steps: cfg.train.steps })
+    Ok(PretrainOutcome { dir, store, model, tokenizer: tok, final_loss: last.loss, steps: end.max(start) })
 }
 
 /// The checkpoint's folder inside a run directory; it is also a loadable model folder.
