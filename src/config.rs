@@ -179,8 +179,18 @@ impl ExperimentConfig {
             let msg = e.inner().to_string();
             if let Some(rest) = msg.strip_prefix("unknown field `") {
                 let name = rest.split('`').next().unwrap_or("");
-                let full = if key == "." || key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
-                let hint = rest.split_once(", expected").map(|(_, h)| format!(" (expected{h})")).unwrap_or_default();
+                // serde_path_to_error's path already ends at the unknown field.
+                let full = if key.is_empty() || key == "." {
+                    name.to_string()
+                } else if key == name || key.ends_with(&format!(".{name}")) {
+                    key.clone()
+                } else {
+                    format!("{key}.{name}")
+                };
+                let hint = rest
+                    .split_once(", expected")
+                    .map(|(_, h)| format!(" (expected{})", h.lines().next().unwrap_or("")))
+                    .unwrap_or_default();
                 MemtuneError::UnknownConfigKey { file: file.into(), key: full, hint }
             } else {
                 MemtuneError::BadConfigValue { file: file.into(), key, msg }

@@ -25,9 +25,40 @@ fn loss_falls_and_runs_are_deterministic() {
 
 #[test]
 fn resume_reproduces_an_uninterrupted_run_bit_for_bit() {
+    resume_is_bit_exact(&[], &[]);
+}
+
+/// A memory layer in place of block 1's MLP: the value table and its lazy optimiser state
+/// (in optimizer.safetensors) resume bit for bit too.
+#[test]
+fn resume_with_a_memory_layer_is_bit_exact() {
+    let memory = [
+        "model.memory.layers=[1]",
+        "model.memory.n_keys=16",
+        "model.memory.heads=2",
+        "model.memory.knn=4",
+        "model.memory.k_dim=8",
+        "model.memory.v_dim=16",
+        "model.memory.qk_norm=true",
+        "model.memory.value_lr=1e-2",
+    ];
+    resume_is_bit_exact(&memory, &["value_adamw.step", "value_adamw.rows", "value_adamw.m", "value_adamw.v"]);
+    let rowwise: Vec<&str> = memory.iter().copied().chain(["model.memory.value_optimizer=adamw-rowwise"]).collect();
+    resume_is_bit_exact(&rowwise, &["value_adamw_rowwise.m", "value_adamw_rowwise.v"]);
+}
+
+fn bits(t: &candle_core::Tensor) -> Vec<u32> {
+    match t.dtype() {
+        candle_core::DType::U32 => t.flatten_all().unwrap().to_vec1().unwrap(),
+        _ => t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect(),
+    }
+}
+
+fn resume_is_bit_exact(extra: &[&str], optimizer_keys: &[&str]) {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let opts = ["train.steps=16", "train.grad_accum=2", "train.checkpoint_every=4"];
+    let mut opts = vec!["train.steps=16", "train.grad_accum=2", "train.checkpoint_every=4"];
+    opts.extend_from_slice(extra);
     let full = tiny_config(a.path(), &opts);
     pretrain::run(&full, false).unwrap();
 
@@ -45,8 +76,19 @@ fn resume_reproduces_an_uninterrupted_run_bit_for_bit() {
     let cb = Checkpoint::load(&b.path().join("run/checkpoint"), &dev).unwrap();
     assert_eq!(ca.meta.step, 16);
     for (name, t) in &ca.model {
-        let u = &cb.model[name];
-        let (x, y): (Vec<f32>, Vec<f32>) = (t.flatten_all().unwrap().to_vec1().unwrap(), u.flatten_all().unwrap().to_vec1().unwrap());
-        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after resume");
+        assert!(bits(t) == bits(&cb.model[name]), "{name} differs after resume");
+    }
+    assert_eq!(ca.optimizer.len(), cb.optimizer.len());
+    for (name, t) in &ca.optimizer {
+        assert!(bits(t) == bits(&cb.optimizer[name]), "optimizer state {name} differs after resume");
+    }
+    for k in optimizer_keys {
+        assert!(ca.optimizer.contains_key(*k), "optimizer.safetensors lacks {k}");
+    }
+    if !extra.is_empty() {
+        assert!(ca.model.contains_key("memory.values") && ca.model.contains_key("model.layers.1.memory.keys"));
+        assert!(!ca.optimizer.keys().any(|k| k.ends_with("memory.values")), "the dense optimiser must not own the value table");
+        let rows = ca.optimizer.keys().find(|k| k.ends_with(".rows")).map(|k| ca.optimizer[k].dims()[0]).unwrap();
+        assert!(rows > 0 && rows <= 256, "{rows} rows with optimiser state");
     }
 }

@@ -55,14 +55,10 @@ impl StepBench {
     }
 
     pub fn trainer(&self) -> Result<Trainer<'_>> {
-        let names = self.store.names();
-        Ok(Trainer {
-            model: &self.model,
-            store: &self.store,
-            optimizer: make_optimizer(&self.cfg, &self.store, &names)?,
-            trainable: names,
-            cfg: self.cfg.train.clone(),
-        })
+        // The memory value table (if any) is updated by the trainer's sparse value update.
+        let names = crate::train::trainer::dense_names(&self.store);
+        let optimizer = make_optimizer(&self.cfg, &self.store, &names)?;
+        Ok(Trainer::new(&self.model, &self.store, names, optimizer, self.cfg.train.clone()))
     }
 }
 

@@ -37,7 +37,7 @@ pub fn sample_many(model: &Llama, prompt: &[u32], k: usize, opts: &GenerateOptio
     let max_pos = model.cfg.max_position_embeddings;
     anyhow::ensure!(prompt.len() < max_pos, "prompt of {} tokens leaves no room under max_position_embeddings = {max_pos}", prompt.len());
     let dev = model.device();
-    let mut ctx = ForwardCtx::default();
+    let mut ctx = ForwardCtx::inference();
     let mut cache = KvCache::new(model.cfg.num_hidden_layers);
     let input = Tensor::new(prompt, dev)?.unsqueeze(0)?;
     let logits = model.forward(&input, Some(&mut cache), &mut ctx)?;

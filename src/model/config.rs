@@ -21,6 +21,132 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Product-key memory layers (`[model.memory]`); written into config.json as "memory".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryConfig>,
+}
+
+/// Where a memory layer sits in its block.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryPlacement {
+    /// In place of the block's MLP.
+    Replace,
+    /// Beside the MLP, outputs added (retrofitting a pretrained model).
+    Parallel,
+}
+
+/// How the value table is optimised (see `train::sparse_values`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ValueOptimizerKind {
+    /// `adamw-rowwise` for tables of at least `ROWWISE_MIN_ROWS` rows, `adamw` below.
+    #[serde(rename = "auto")]
+    Auto,
+    /// Lazy AdamW, m and v per element.
+    #[serde(rename = "adamw")]
+    Adamw,
+    /// Lazy AdamW, m per element and one v per row: the table's optimiser state is ~1× the table
+    /// instead of 2×.
+    #[serde(rename = "adamw-rowwise")]
+    AdamwRowwise,
+}
+
+/// Tables with at least this many rows use the row-wise second moment under `auto`: with full m
+/// and v a 1M-row table's state alone would be twice the table.
+pub const ROWWISE_MIN_ROWS: usize = 1 << 18;
+
+impl ValueOptimizerKind {
+    /// `Auto` resolved for a table of `rows` rows.
+    pub fn resolve(self, rows: usize) -> Self {
+        match self {
+            Self::Auto if rows >= ROWWISE_MIN_ROWS => Self::AdamwRowwise,
+            Self::Auto => Self::Adamw,
+            k => k,
+        }
+    }
+}
+
+/// Product-key memory (Memory+, DESIGN.md §1).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Indices of the blocks that get a memory layer; empty: no memory.
+    pub layers: Vec<usize>,
+    pub placement: MemoryPlacement,
+    /// Sub-keys per half; the table has n_keys² slots.
+    pub n_keys: usize,
+    pub heads: usize,
+    /// Slots read per head (top-k).
+    pub knn: usize,
+    /// Query / key dimension per head (two halves of k_dim/2).
+    pub k_dim: usize,
+    /// Value dimension.
+    pub v_dim: usize,
+    /// RMS-normalise each half-query and each sub-key (no learned weight).
+    pub qk_norm: bool,
+    /// Learning rate of the values (under the same schedule as the dense lr).
+    pub value_lr: f64,
+    pub value_optimizer: ValueOptimizerKind,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            layers: vec![],
+            placement: MemoryPlacement::Replace,
+            n_keys: 1024,
+            heads: 4,
+            knn: 32,
+            k_dim: 512,
+            v_dim: 1024,
+            qk_norm: false,
+            value_lr: 1e-3,
+            value_optimizer: ValueOptimizerKind::Auto,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Slots in the value table: n_keys².
+    pub fn n_slots(&self) -> usize {
+        self.n_keys * self.n_keys
+    }
+
+    /// Checks against a model of `num_layers` blocks; the message names the offending key.
+    pub fn validate(&self, num_layers: usize) -> Result<(), String> {
+        let k = |name: &str| format!("model.memory.{name}");
+        let mut seen = std::collections::HashSet::new();
+        for &l in &self.layers {
+            if l >= num_layers {
+                return Err(format!(
+                    "{}: layer index {l} is out of range (model.num_hidden_layers = {num_layers})",
+                    k("layers")
+                ));
+            }
+            if !seen.insert(l) {
+                return Err(format!("{}: layer {l} is listed twice", k("layers")));
+            }
+        }
+        for (name, v) in [("n_keys", self.n_keys), ("heads", self.heads), ("knn", self.knn), ("k_dim", self.k_dim), ("v_dim", self.v_dim)] {
+            if v == 0 {
+                return Err(format!("{} must be > 0", k(name)));
+            }
+        }
+        if !self.k_dim.is_multiple_of(2) {
+            return Err(format!("{} ({}) must be even: the query is split into two halves", k("k_dim"), self.k_dim));
+        }
+        if self.knn > self.n_keys {
+            return Err(format!("{} ({}) must be ≤ model.memory.n_keys ({})", k("knn"), self.knn, self.n_keys));
+        }
+        // Slot indices are u32.
+        if self.n_keys > u16::MAX as usize {
+            return Err(format!("{} ({}) must be ≤ {}: slot indices n_keys² are u32", k("n_keys"), self.n_keys, u16::MAX));
+        }
+        if !(self.value_lr.is_finite() && self.value_lr >= 0.0) {
+            return Err(format!("{} must be a finite number ≥ 0", k("value_lr")));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LlamaConfig {
@@ -39,6 +165,7 @@ impl Default for LlamaConfig {
             attention_bias: false,
             bos_token_id: None,
             eos_token_id: None,
+            memory: None,
         }
     }
 }
@@ -72,6 +199,9 @@ impl LlamaConfig {
         }
         if self.head_dim() % 2 != 0 {
             return Err(format!("model head dim ({}) must be even for RoPE", self.head_dim()));
+        }
+        if let Some(m) = &self.memory {
+            m.validate(self.num_hidden_layers)?;
         }
         Ok(())
     }
@@ -130,4 +260,53 @@ const KNOWN_FIELDS: &[&str] = &[
     "attention_bias",
     "bos_token_id",
     "eos_token_id",
+    "memory",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_memory(f: impl FnOnce(&mut MemoryConfig)) -> LlamaConfig {
+        let mut m = MemoryConfig { layers: vec![1], ..Default::default() };
+        f(&mut m);
+        LlamaConfig { memory: Some(m), ..Default::default() }
+    }
+
+    #[test]
+    fn memory_validation_names_the_key() {
+        assert!(with_memory(|_| {}).validate().is_ok());
+        let err = |f: fn(&mut MemoryConfig)| with_memory(f).validate().unwrap_err();
+        assert!(err(|m| m.layers = vec![4]).contains("model.memory.layers"));
+        assert!(err(|m| m.layers = vec![1, 1]).contains("model.memory.layers"));
+        assert!(err(|m| m.k_dim = 7).contains("model.memory.k_dim"));
+        assert!(err(|m| m.knn = 2000).contains("model.memory.knn"));
+        assert!(err(|m| m.heads = 0).contains("model.memory.heads"));
+        assert!(err(|m| m.n_keys = 70_000).contains("model.memory.n_keys"));
+        assert!(err(|m| m.value_lr = f64::NAN).contains("model.memory.value_lr"));
+    }
+
+    #[test]
+    fn memory_config_round_trips_through_config_json() {
+        let cfg = with_memory(|m| {
+            m.placement = MemoryPlacement::Parallel;
+            m.value_optimizer = ValueOptimizerKind::AdamwRowwise;
+            m.n_keys = 64;
+        });
+        let json = cfg.to_hf_json();
+        assert_eq!(json["memory"]["placement"], "parallel");
+        assert_eq!(json["memory"]["value_optimizer"], "adamw-rowwise");
+        assert_eq!(LlamaConfig::from_hf_json(&json.to_string()).unwrap(), cfg);
+        // Without memory the key is absent, as in Hugging Face configs.
+        assert!(LlamaConfig::default().to_hf_json().get("memory").is_none());
+        let bad = serde_json::json!({"hidden_size": 256, "memory": {"layers": [0], "knn_typo": 3}});
+        assert!(LlamaConfig::from_hf_json(&bad.to_string()).unwrap_err().to_string().contains("knn_typo"));
+    }
+
+    #[test]
+    fn auto_value_optimizer_depends_on_table_size() {
+        assert_eq!(ValueOptimizerKind::Auto.resolve(1 << 20), ValueOptimizerKind::AdamwRowwise);
+        assert_eq!(ValueOptimizerKind::Auto.resolve(1 << 16), ValueOptimizerKind::Adamw);
+        assert_eq!(ValueOptimizerKind::Adamw.resolve(1 << 20), ValueOptimizerKind::Adamw);
+    }
+}

@@ -5,9 +5,10 @@
 //! Activations are kept 2-D, (B·T, D), so every projection is a single GEMM; attention views
 //! them as (B, T, H, Dh) without copying.
 
-use super::config::LlamaConfig;
+use super::config::{LlamaConfig, MemoryPlacement};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
+use super::memory::{value_table, MemoryLayer, MemoryTrace, ParallelMemory};
 use super::params::{Init, ParamBuilder};
 use crate::ops;
 use anyhow::Result;
@@ -22,10 +23,22 @@ pub struct ForwardCtx {
     /// For each of the B·T positions, whether it is a real token (padding is excluded from
     /// access accounting). `None` means every position is real.
     pub token_mask: Option<Vec<bool>>,
+    /// What each memory layer read, in layer order: the gathered value rows that receive the
+    /// gradient and the accessed slots (see `memory::MemoryTrace`).
+    pub memory: Vec<MemoryTrace>,
+    /// Inference: memory layers record no traces (nothing is kept alive between calls).
+    pub skip_memory_traces: bool,
 }
 
-/// What fills a block's feed-forward slot: the SwiGLU MLP, or (later) a memory layer in its
-/// place or beside it.
+impl ForwardCtx {
+    /// A context for forwards that will not be differentiated.
+    pub fn inference() -> Self {
+        Self { skip_memory_traces: true, ..Default::default() }
+    }
+}
+
+/// What fills a block's feed-forward slot: the SwiGLU MLP, or a memory layer in its place or
+/// beside it.
 pub trait FeedForward: Send + Sync {
     /// x: (N, D) post-attention-norm activations -> (N, D)
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor>;
@@ -129,9 +142,25 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Build with SwiGLU MLPs in every block.
+    /// Build with SwiGLU MLPs in every block, and memory layers in the blocks `cfg.memory` lists
+    /// (in place of the MLP or beside it, per `placement`), all reading one value table.
     pub fn new(cfg: &LlamaConfig, pb: &ParamBuilder) -> Result<Self> {
-        Self::with_ffn(cfg, pb, |layer_pb, _i| Ok(Box::new(SwiGluMlp::new(cfg, &layer_pb.pp("mlp"))?)))
+        cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let memory = cfg.memory.as_ref().filter(|m| !m.layers.is_empty());
+        let values = memory.map(|m| value_table(pb, m)).transpose()?;
+        Self::with_ffn(cfg, pb, |lp, i| {
+            let mlp = || SwiGluMlp::new(cfg, &lp.pp("mlp"));
+            match (memory.filter(|m| m.layers.contains(&i)), &values) {
+                (Some(m), Some(v)) => {
+                    let mem = MemoryLayer::new(cfg, m, &lp.pp("memory"), i, v)?;
+                    Ok(match m.placement {
+                        MemoryPlacement::Replace => Box::new(mem),
+                        MemoryPlacement::Parallel => Box::new(ParallelMemory { mlp: mlp()?, memory: mem }),
+                    })
+                }
+                _ => Ok(Box::new(mlp()?)),
+            }
+        })
     }
 
     /// Build with a custom feed-forward per block: `make_ffn(block_builder, layer_index)`.
@@ -206,7 +235,7 @@ impl Llama {
 
     /// Per-token log-probabilities of `targets` (B·T,), no gradient.
     pub fn token_logprobs(&self, inputs: &Tensor, targets: &Tensor) -> Result<Vec<f32>> {
-        let logits = self.forward(inputs, None, &mut ForwardCtx::default())?;
+        let logits = self.forward(inputs, None, &mut ForwardCtx::inference())?;
         Ok(ops::token_logprobs(&logits, &targets.flatten_all()?)?.to_dtype(DType::F32)?.to_vec1()?)
     }
 }

@@ -19,6 +19,10 @@ pub enum Init {
     Zeros,
     Ones,
     Normal { std: f64 },
+    /// N(0, std²) drawn in parallel for large tables: chunk i of `INIT_CHUNK` elements comes from
+    /// its own stream `rng_for(seed, "<name>/chunk-i")`, so the values do not depend on the number
+    /// of threads.
+    NormalChunked { std: f64 },
     Uniform { bound: f64 },
     /// U(±sqrt(6 / (fan_in + fan_out))) for a (out, in) matrix.
     XavierUniform,
@@ -163,17 +167,18 @@ impl ParamBuilder {
                 v
             }
             None => {
-                let t = match &self.source {
-                    Source::Init { seed } => init_tensor(&shape, init, *seed, &full, &self.device)?,
+                // One copy at most: fresh values become the Var's storage directly, and `from_tensor`
+                // gives a loaded tensor storage of its own (this matters for the memory value table).
+                let v = match &self.source {
+                    Source::Init { seed } => Var::from_vec(init_values(&shape, init, *seed, &full)?, shape.clone(), &self.device)?,
                     Source::Loaded(map) => {
                         let t = map.get(&full).with_context(|| format!("tensor `{full}` is missing from the checkpoint"))?;
                         if t.shape() != &shape {
                             bail!("tensor `{full}` has shape {:?} in the checkpoint; the config expects {:?}", t.dims(), shape.dims());
                         }
-                        t.to_dtype(DType::F32)?.to_device(&self.device)?.copy()?
+                        Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(&self.device)?.detach())?
                     }
                 };
-                let v = Var::from_tensor(&t)?;
                 self.store.insert(&full, v.clone());
                 v
             }
@@ -192,7 +197,10 @@ impl ParamBuilder {
     }
 }
 
-fn init_tensor(shape: &Shape, init: Init, seed: u64, name: &str, device: &Device) -> Result<Tensor> {
+/// Elements per independently seeded chunk of `Init::NormalChunked`.
+pub const INIT_CHUNK: usize = 1 << 16;
+
+fn init_values(shape: &Shape, init: Init, seed: u64, name: &str) -> Result<Vec<f32>> {
     let n = shape.elem_count();
     let mut rng = rng_for(seed, name);
     let data: Vec<f32> = match init {
@@ -201,6 +209,16 @@ fn init_tensor(shape: &Shape, init: Init, seed: u64, name: &str, device: &Device
         Init::Normal { std } => {
             let d = Normal::new(0.0f32, std as f32)?;
             (0..n).map(|_| d.sample(&mut rng)).collect()
+        }
+        Init::NormalChunked { std } => {
+            use rayon::prelude::*;
+            let d = Normal::new(0.0f32, std as f32)?;
+            let mut data = vec![0f32; n];
+            data.par_chunks_mut(INIT_CHUNK).enumerate().for_each(|(i, c)| {
+                let mut rng = rng_for(seed, &format!("{name}/chunk-{i}"));
+                c.iter_mut().for_each(|x| *x = d.sample(&mut rng));
+            });
+            data
         }
         Init::Uniform { bound } => {
             let d = Uniform::new_inclusive(-bound as f32, bound as f32)?;
@@ -217,7 +235,7 @@ fn init_tensor(shape: &Shape, init: Init, seed: u64, name: &str, device: &Device
             (0..n).map(|_| d.sample(&mut rng)).collect()
         }
     };
-    Ok(Tensor::from_vec(data, shape.clone(), device)?)
+    Ok(data)
 }
 
 /// Load every tensor of one or more safetensors files (sharded checkpoints), as f32.

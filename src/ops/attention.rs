@@ -18,9 +18,8 @@
 //! Correctness reference: `reference::causal_attention` (candle primitives, explicit mask),
 //! forward and all three gradients, plus finite differences (tests below).
 
-use super::kernels::{self, contiguous_grad, expect_f32, simd_fn, storage_f32, SendConstPtr, SendPtr};
+use super::kernels::{self, contiguous_grad, expect_f32, matmul, simd_fn, storage_f32, SendConstPtr, SendPtr};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -52,57 +51,6 @@ struct Attention {
     dims: Dims,
     /// logsumexp of the scaled, masked scores per (b, h, i), written by the forward.
     lse: Mutex<Vec<f32>>,
-}
-
-/// dst (m×n, row stride dst_rs) = beta · lhs (m×k) · rhs (k×n) [+ dst when `acc`].
-/// Strides are (row, col) pairs in elements.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    acc: bool,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            for i in 0..m {
-                std::ptr::write_bytes(dst.add(i * dst_rs), 0, n);
-            }
-        }
-        return;
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        acc,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0,
-        beta,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
 }
 
 simd_fn! {

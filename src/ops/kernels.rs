@@ -1,7 +1,8 @@
 //! Shared building blocks of the custom ops: vectorisable f32 row kernels (a branch-free `exp`,
 //! max / sum / dot reductions written with independent accumulators so LLVM vectorises them),
-//! compiled twice (baseline x86-64 and AVX2+FMA) and picked at run time; plus helpers to read the
-//! f32 buffer of a CPU tensor, make gradients contiguous cheaply, and split rows into rayon tasks.
+//! compiled twice (baseline x86-64 and AVX2+FMA) and picked at run time; a strided single-threaded
+//! GEMM; plus helpers to read the f32 buffer of a CPU tensor, make gradients contiguous cheaply, and
+//! split rows into rayon tasks.
 //!
 //! Correctness reference: `exp` follows Cephes `expf` (range reduction by ln 2, degree-5
 //! polynomial, relative error ~2e-7 on [-87, 88]); results below e^-87 are ~1e-38 instead of 0,
@@ -207,6 +208,71 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// y ← y + a·x
+    pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        assert_eq!(x.len(), y.len());
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = M::fma(a, x, *y);
+        }
+    }
+}
+
+/// dst (m×n, row stride dst_rs) = beta · lhs (m×k) · rhs (k×n) [+ dst when `acc`], with the
+/// `gemm` crate, single-threaded (callers parallelise over independent products).
+/// Strides are (row, col) pairs in elements.
+///
+/// # Safety
+/// The pointers must cover the strided extents described, and `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    acc: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                std::ptr::write_bytes(dst.add(i * dst_rs), 0, n);
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        acc,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
 /// Log of Σ e^x over a row: max + ln Σ e^(x - max).
 #[inline]
 pub fn logsumexp(x: &[f32]) -> f32 {
@@ -322,6 +388,9 @@ mod tests {
         assert!(close(sum(&x), x.iter().sum()));
         assert!(close(sum_sq(&x), x.iter().map(|v| v * v).sum()));
         assert!(close(dot(&x, &y), x.iter().zip(&y).map(|(a, b)| a * b).sum()));
+        let mut z = y.clone();
+        axpy(&mut z, 0.5, &x);
+        assert!(z.iter().zip(x.iter().zip(&y)).all(|(z, (a, b))| close(*z, b + 0.5 * a)));
         let m = 0.3;
         assert!(close(sum_exp_sub(&x, m), x.iter().map(|v| (v - m).exp()).sum()));
         let lse = logsumexp(&x);

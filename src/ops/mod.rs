@@ -9,19 +9,25 @@
 pub mod access;
 pub mod attention;
 pub mod cross_entropy;
+pub mod embedding_bag;
 pub mod gradcheck;
 pub mod kernels;
+pub mod product_keys;
 pub mod reference;
 pub mod rmsnorm;
 pub mod rope;
+pub mod softmax;
 pub mod swiglu;
 #[cfg(test)]
-mod timing;
+pub(crate) mod timing;
 
 pub use attention::causal_attention;
 pub use cross_entropy::{cross_entropy, token_logprobs};
+pub use embedding_bag::embedding_bag;
+pub use product_keys::{product_key_topk, SlotHandle};
 pub use rmsnorm::rms_norm;
 pub use rope::{rope, RopeTables};
+pub use softmax::softmax_last_dim;
 pub use swiglu::swiglu;
 
 /// Targets equal to this are ignored by the loss (padding).

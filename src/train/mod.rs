@@ -1,7 +1,9 @@
-//! Training: optimisers, schedules, clipping, the training loop.
+//! Training: optimisers (dense, and sparse for the memory value table), schedules, clipping, the
+//! training loop.
 
 pub mod optim;
 pub mod schedule;
 pub mod pretrain;
 pub mod progress;
+pub mod sparse_values;
 pub mod trainer;

@@ -258,20 +258,20 @@ fn sgd_momentum_kernel(p: &mut [f32], b: &mut [f32], g: &[f32], lr: f32, wd: f32
 /// The per-element AdamW update with its scalars, as a plain function over equal-length slices:
 /// monomorphic, bounds checks hoisted, so it vectorises however the crate is compiled.
 #[derive(Clone, Copy)]
-struct AdamWKernel {
-    b1: f32,
-    b2: f32,
-    one_m_b1: f32,
-    one_m_b2: f32,
-    decay: f32,
-    step_size: f32,
-    inv_sqrt_bc2: f32,
-    eps: f32,
+pub(crate) struct AdamWKernel {
+    pub(crate) b1: f32,
+    pub(crate) b2: f32,
+    pub(crate) one_m_b1: f32,
+    pub(crate) one_m_b2: f32,
+    pub(crate) decay: f32,
+    pub(crate) step_size: f32,
+    pub(crate) inv_sqrt_bc2: f32,
+    pub(crate) eps: f32,
 }
 
 impl AdamWKernel {
     #[inline(never)]
-    fn run(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+    pub(crate) fn run(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
         let n = p.len();
         let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
         let k = *self;
@@ -410,25 +410,42 @@ pub fn optimizer_from_config(cfg: &crate::config::TrainConfig, store: &ParamStor
 /// own (a broadcast view, or two names sharing one buffer) is replaced by a private copy before
 /// scaling, so that nothing is scaled twice and no other tensor changes.
 pub fn clip_grad_norm(grads: &mut HashMap<String, Tensor>, names: &[String], max_norm: f64) -> Result<f64> {
-    let present: Vec<&String> = names.iter().filter(|n| grads.contains_key(*n)).collect();
-    let mut sq = 0.0f64;
-    for n in &present {
-        sq += sum_squares(&grads[*n]).with_context(|| format!("gradient norm of {n}"))?;
-    }
-    let norm = sq.sqrt();
+    let norm = grad_sum_squares(grads, names)?.sqrt();
     if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
-        let scale = (max_norm / (norm + 1e-6)) as f32;
-        // First give every gradient storage of its own, then scale: scaling before all copies
-        // are made would copy an already scaled buffer.
-        let mut seen = HashSet::new();
-        for n in &present {
-            make_private(grads.get_mut(*n).unwrap(), &mut seen)?;
-        }
-        for n in present {
-            with_f32_mut(&grads[n], |s| s.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= scale)))?;
-        }
+        scale_grads(grads, names, clip_scale(norm, max_norm))?;
     }
     Ok(norm)
+}
+
+/// The factor `clip_grad_norm` scales gradients by when `norm` exceeds `max_norm`.
+pub fn clip_scale(norm: f64, max_norm: f64) -> f32 {
+    (max_norm / (norm + 1e-6)) as f32
+}
+
+/// Σ g² over the gradients of `names` present in `grads`, in f64 (name order, then chunk order:
+/// the same bits for any thread count).
+pub fn grad_sum_squares(grads: &HashMap<String, Tensor>, names: &[String]) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for n in names.iter().filter(|n| grads.contains_key(*n)) {
+        sq += sum_squares(&grads[n]).with_context(|| format!("gradient norm of {n}"))?;
+    }
+    Ok(sq)
+}
+
+/// Multiply the gradients of `names` present in `grads` by `scale`, in place (see
+/// `clip_grad_norm` for why the map is `&mut`).
+pub fn scale_grads(grads: &mut HashMap<String, Tensor>, names: &[String], scale: f32) -> Result<()> {
+    let present: Vec<&String> = names.iter().filter(|n| grads.contains_key(*n)).collect();
+    // First give every gradient storage of its own, then scale: scaling before all copies
+    // are made would copy an already scaled buffer.
+    let mut seen = HashSet::new();
+    for n in &present {
+        make_private(grads.get_mut(*n).unwrap(), &mut seen)?;
+    }
+    for n in present {
+        with_f32_mut(&grads[n], |s| s.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= scale)))?;
+    }
+    Ok(())
 }
 
 /// Sum of squares of a tensor's elements in f64. Per-chunk partial sums are collected in order
@@ -588,12 +605,12 @@ fn make_private(g: &mut Tensor, seen: &mut HashSet<usize>) -> Result<()> {
     Ok(())
 }
 
-fn step_tensor(t: usize) -> Result<Tensor> {
+pub(crate) fn step_tensor(t: usize) -> Result<Tensor> {
     let t = u32::try_from(t).context("optimiser step count exceeds u32")?;
     Ok(Tensor::from_vec(vec![t], 1, &Device::Cpu)?)
 }
 
-fn read_step(state: &HashMap<String, Tensor>, key: &str) -> Result<usize> {
+pub(crate) fn read_step(state: &HashMap<String, Tensor>, key: &str) -> Result<usize> {
     let t = state
         .get(key)
         .with_context(|| format!("optimizer state has no `{key}` (saved by another optimiser, or not an optimiser state?)"))?;

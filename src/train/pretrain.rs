@@ -3,12 +3,13 @@
 
 use super::optim::{default_groups, optimizer_from_config, Optimizer};
 use super::progress::Progress;
-use super::trainer::{heldout_loss, StepStats, Trainer};
+use super::sparse_values::{value_update_from_config, ValueUpdate};
+use super::trainer::{dense_names, heldout_loss, StepStats, Trainer};
 use crate::config::{DataSource, ExperimentConfig};
 use crate::data::batches::{BatchSource, DataPosition, SyntheticStream, TextCorpusStream};
 use crate::data::synthetic::World;
 use crate::data::tokenizer::Tokenizer;
-use crate::io::checkpoint::{Checkpoint, CheckpointMeta};
+use crate::io::checkpoint::{Checkpoint, CheckpointMeta, OPTIMIZER_FILE};
 use crate::model::{Llama, ParamBuilder, ParamStore};
 use crate::MemtuneError;
 use anyhow::{Context, Result};
@@ -112,18 +113,22 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
     tok.save(&dir.join("tokenizer.json"))?;
 
     let store = ParamStore::new();
-    let (model, optimizer, start, pos) = if resume {
+    let (model, optimizer, values, start, pos) = if resume {
         let ck = Checkpoint::load(&ckpt_dir, &device)?;
         let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, ck.model, &device))?;
-        let mut opt = make_optimizer(cfg, &store, &store.names())?;
+        let mut opt = make_optimizer(cfg, &store, &dense_names(&store))?;
         opt.load_state(&ck.optimizer)?;
+        let mut values = value_update_from_config(&cfg.model, &cfg.train);
+        if let Some(v) = values.as_mut() {
+            v.load_state(&ck.optimizer).map_err(|e| MemtuneError::BadCheckpoint { path: ckpt_dir.join(OPTIMIZER_FILE), msg: format!("{e:#}") })?;
+        }
         let pos: DataPosition = serde_json::from_value(ck.meta.trainer["data_position"].clone())
             .map_err(|e| MemtuneError::BadCheckpoint { path: ckpt_dir.clone(), msg: format!("trainer state has no valid data position: {e}") })?;
-        (model, opt, ck.meta.step, Some(pos))
+        (model, opt, values, ck.meta.step, Some(pos))
     } else {
         let model = Llama::new(&cfg.model, &ParamBuilder::fresh(&store, cfg.train.seed, &device))?;
-        let opt = make_optimizer(cfg, &store, &store.names())?;
-        (model, opt, 0, None)
+        let opt = make_optimizer(cfg, &store, &dense_names(&store))?;
+        (model, opt, value_update_from_config(&cfg.model, &cfg.train), 0, None)
     };
     let mut source = training_stream(cfg, world.as_ref(), &tok, cfg.train.seed, pos.as_ref())?;
     let metrics_path = dir.join("metrics.jsonl");
@@ -137,7 +142,9 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
         cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum,
         dir.display()
     );
-    let save = |step: usize, opt: &dyn Optimizer, source: &dyn BatchSource| -> Result<()> {
+    // optimizer.safetensors holds the dense optimiser's state and the value update's (their
+    // names do not overlap: `adamw.*` / `sgd.*` vs `value_*`).
+    let save = |step: usize, opt: &dyn Optimizer, values: Option<&dyn ValueUpdate>, source: &dyn BatchSource| -> Result<()> {
         let meta = CheckpointMeta {
             step,
             trainer: serde_json::json!({ "data_position": source.position() }),
@@ -146,10 +153,14 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
             extra_files: [("tokenizer.json".to_string(), tok.to_json_bytes()?)].into(),
             ..Default::default()
         };
-        Checkpoint::save(&ckpt_dir, &store.tensors(), &opt.state_tensors()?, &meta)
+        let mut state = opt.state_tensors()?;
+        if let Some(v) = values {
+            state.extend(v.state_tensors()?);
+        }
+        Checkpoint::save(&ckpt_dir, &store.tensors(), &state, &meta)
     };
-    let trainable = store.names();
-    let mut trainer = Trainer { model: &model, store: &store, trainable, optimizer, cfg: cfg.train.clone() };
+    let trainable = dense_names(&store);
+    let mut trainer = Trainer { model: &model, store: &store, trainable, optimizer, values, cfg: cfg.train.clone() };
     let mut progress = Progress::new("pretrain", start, cfg.train.steps);
     let mut last = StepStats { step: start, loss: f32::NAN, lr: 0.0, grad_norm: 0.0, tokens: 0 };
     let end = stop_after.unwrap_or(cfg.train.steps).min(cfg.train.steps);
@@ -165,11 +176,11 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
             writeln!(metrics, "{line}")?;
         }
         if cfg.train.checkpoint_every > 0 && last.step % cfg.train.checkpoint_every == 0 && last.step < end {
-            save(last.step, trainer.optimizer.as_ref(), source.as_ref())?;
+            save(last.step, trainer.optimizer.as_ref(), trainer.values.as_deref(), source.as_ref())?;
         }
     }
     progress.finish(&last);
-    save(end.max(start), trainer.optimizer.as_ref(), source.as_ref())?;
+    save(end.max(start), trainer.optimizer.as_ref(), trainer.values.as_deref(), source.as_ref())?;
     drop(trainer);
     Ok(PretrainOutcome { dir, store, model, tokenizer: tok, final_loss: last.loss, steps: end.max(start) })
 }

@@ -26,6 +26,12 @@ pub fn lr_at(step: usize, cfg: &TrainConfig) -> f64 {
     }
 }
 
+/// The schedule's factor at `step`: lr_at(step) for a base lr of 1. Other learning rates that
+/// follow the same schedule (the memory values' `value_lr`) are multiplied by it.
+pub fn lr_multiplier(step: usize, cfg: &TrainConfig) -> f64 {
+    lr_at(step, &TrainConfig { lr: 1.0, ..cfg.clone() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +85,14 @@ mod tests {
         let c = cfg(ScheduleKind::Constant, 5, 100);
         for s in [5, 50, 99, 100, 1000] {
             near(lr_at(s, &c), 1.0);
+        }
+    }
+
+    #[test]
+    fn multiplier_is_the_schedule_at_lr_one() {
+        let c = TrainConfig { lr: 3e-3, ..cfg(ScheduleKind::Cosine, 10, 110) };
+        for s in [0, 5, 10, 60, 200] {
+            assert!((lr_multiplier(s, &c) * 3e-3 - lr_at(s, &c)).abs() < 1e-15);
         }
     }
 

@@ -1,0 +1,215 @@
+//! Weighted gather of value rows (an "embedding bag" with per-sample weights): the read-out of the
+//! memory layer, y[t] = Σ_m w[t,m] · G[inv[t,m]], as a candle `CustomOp2` (w, G) with an analytic
+//! backward for both.
+//!
+//! Layout: w (N, ...) contiguous f32 with M = numel/N weights per token (the memory layer passes
+//! (N, heads, knn)); G (U, D) contiguous f32, the gathered unique value rows; inv (N·M) u32, an index
+//! into G per weight (not differentiable; held by the op). Output y (N, D).
+//! Backward, with dy (N, D):
+//!   dw[t,m] = dy[t] · G[inv[t,m]]        dG[u] = Σ_{(t,m): inv[t,m] = u} w[t,m] · dy[t]
+//! dG is the sparse gradient of the value table, one row per touched slot. It is reduced per row
+//! from a reverse index (row → entries in (t, m) order, built with a stable counting sort), so each
+//! row's sum runs in a fixed order: no atomics and the same bits for any thread count.
+//! Correctness reference: a dense one-hot formulation with candle primitives (tests below), plus
+//! finite differences for w and G.
+
+use super::kernels::{self, contiguous_grad, expect_f32, rows_per_task, storage_f32};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+const TASK_ELEMS: usize = 32 * 1024;
+
+struct EmbeddingBag {
+    n_tok: usize,
+    /// Weights per token.
+    m: usize,
+    inv: Arc<Vec<u32>>,
+}
+
+impl EmbeddingBag {
+    fn forward(&self, w: &[f32], g: &[f32], d: usize) -> Vec<f32> {
+        let mut y = vec![0f32; self.n_tok * d];
+        let rpt = rows_per_task(self.m * d, TASK_ELEMS);
+        y.par_chunks_mut(rpt * d).enumerate().for_each(|(blk, y)| {
+            for (r, yt) in y.chunks_exact_mut(d).enumerate() {
+                let t = blk * rpt + r;
+                let es = t * self.m..(t + 1) * self.m;
+                for (&we, &u) in w[es.clone()].iter().zip(&self.inv[es]) {
+                    kernels::axpy(yt, we, &g[u as usize * d..(u as usize + 1) * d]);
+                }
+            }
+        });
+        y
+    }
+
+    fn backward(&self, w: &[f32], g: &[f32], dy: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
+        let n_rows = g.len() / d;
+        let mut dw = vec![0f32; w.len()];
+        let rpt = rows_per_task(self.m * d, TASK_ELEMS);
+        dw.par_chunks_mut(rpt * self.m).enumerate().for_each(|(blk, dw)| {
+            for (r, dwt) in dw.chunks_exact_mut(self.m).enumerate() {
+                let t = blk * rpt + r;
+                let dyt = &dy[t * d..(t + 1) * d];
+                for (x, dwe) in dwt.iter_mut().enumerate() {
+                    let u = self.inv[t * self.m + x] as usize;
+                    *dwe = kernels::dot(dyt, &g[u * d..(u + 1) * d]);
+                }
+            }
+        });
+        // Reverse index: entries of row u are order[start[u]..start[u + 1]], in (t, m) order.
+        let mut start = vec![0usize; n_rows + 1];
+        for &u in self.inv.iter() {
+            start[u as usize + 1] += 1;
+        }
+        for u in 0..n_rows {
+            start[u + 1] += start[u];
+        }
+        let mut fill = start.clone();
+        let mut order = vec![0u32; self.inv.len()];
+        for (e, &u) in self.inv.iter().enumerate() {
+            order[fill[u as usize]] = e as u32;
+            fill[u as usize] += 1;
+        }
+        let mut dg = vec![0f32; g.len()];
+        let rpt = rows_per_task(d, TASK_ELEMS);
+        dg.par_chunks_mut(rpt * d).enumerate().for_each(|(blk, dg)| {
+            for (r, row) in dg.chunks_exact_mut(d).enumerate() {
+                let u = blk * rpt + r;
+                let dy_of = |e: u32| &dy[e as usize / self.m * d..(e as usize / self.m + 1) * d];
+                // The first entry is written, not added: each fresh page is then only written, which
+                // costs one page fault instead of a zero-page read followed by a copy-on-write.
+                let Some((&e0, rest)) = order[start[u]..start[u + 1]].split_first() else {
+                    row.fill(0.0);
+                    continue;
+                };
+                let w0 = w[e0 as usize];
+                row.iter_mut().zip(dy_of(e0)).for_each(|(r, &x)| *r = w0 * x);
+                for &e in rest {
+                    kernels::axpy(row, w[e as usize], dy_of(e));
+                }
+            }
+        });
+        (dw, dg)
+    }
+}
+
+impl CustomOp2 for EmbeddingBag {
+    fn name(&self) -> &'static str {
+        "embedding-bag"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let w = super::access::slice_f32(s1, l1)?;
+        let g = super::access::slice_f32(s2, l2)?;
+        let d = l2.dims()[1];
+        Ok((CpuStorage::F32(self.forward(w, g, d)), Shape::from((self.n_tok, d))))
+    }
+
+    fn bwd(&self, w: &Tensor, g: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = contiguous_grad(grad)?;
+        let d = g.dim(1)?;
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (ds, dl) = dy.storage_and_layout();
+        let (dw, dg) = self.backward(storage_f32(&ws, wl)?, storage_f32(&gs, gl)?, storage_f32(&ds, dl)?, d);
+        drop((ws, gs, ds));
+        Ok((Some(Tensor::from_vec(dw, w.shape().clone(), w.device())?), Some(Tensor::from_vec(dg, g.shape().clone(), g.device())?)))
+    }
+}
+
+/// y (N, D) with y[t] = Σ_m w[t, m] · rows[inv[t·M + m]], for w (N, ...) holding M weights per token,
+/// rows (U, D) and `inv` (N·M) indices into rows.
+pub fn embedding_bag(w: &Tensor, rows: &Tensor, inv: Arc<Vec<u32>>) -> Result<Tensor> {
+    expect_f32("embedding_bag", "w", w)?;
+    expect_f32("embedding_bag", "rows", rows)?;
+    let n_tok = w.dims().first().copied().unwrap_or(0);
+    let (n_rows, _) = rows.dims2()?;
+    if inv.len() != w.elem_count() {
+        candle_core::bail!("embedding_bag: {} indices for {} weights {:?}", inv.len(), w.elem_count(), w.dims());
+    }
+    if let Some(&bad) = inv.iter().find(|&&u| u as usize >= n_rows) {
+        candle_core::bail!("embedding_bag: index {bad} out of range for {n_rows} rows");
+    }
+    let d = rows.dim(1)?;
+    if w.elem_count() == 0 || d == 0 {
+        return Tensor::zeros((n_tok, d), candle_core::DType::F32, w.device());
+    }
+    let m = w.elem_count() / n_tok;
+    w.contiguous()?.apply_op2(&rows.contiguous()?, EmbeddingBag { n_tok, m, inv })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{assert_close, assert_grads, randn, GradCheckOpts};
+    use candle_core::{Device, Var};
+
+    fn indices(n: usize, u: usize, seed: u64) -> Arc<Vec<u32>> {
+        // Every row used at least once (the memory layer's rows are unique touched slots), with repeats.
+        let mut v: Vec<u32> = (0..n).map(|i| ((i as u64 * 7919 + seed * 31) % u as u64) as u32).collect();
+        for (i, x) in v.iter_mut().take(u).enumerate() {
+            *x = i as u32;
+        }
+        Arc::new(v)
+    }
+
+    /// y = W · onehot(inv) · G, from candle primitives.
+    fn reference(w: &Tensor, g: &Tensor, inv: &[u32]) -> Tensor {
+        let n = w.dim(0).unwrap();
+        let m = w.elem_count() / n;
+        let u = g.dim(0).unwrap();
+        let mut onehot = vec![0f32; n * m * u];
+        for (e, &r) in inv.iter().enumerate() {
+            onehot[e * u + r as usize] = 1.0;
+        }
+        let oh = Tensor::from_vec(onehot, (n, m, u), &Device::Cpu).unwrap();
+        // (N, 1, M) x (N, M, U) -> (N, 1, U) -> (N, U) x (U, D)
+        let wm = w.reshape((n, 1, m)).unwrap().matmul(&oh).unwrap().reshape((n, u)).unwrap();
+        wm.matmul(g).unwrap()
+    }
+
+    #[test]
+    fn embedding_bag_finite_differences() {
+        let w = randn((5, 2, 3), 60).unwrap();
+        let g = randn((7, 4), 61).unwrap();
+        let inv = indices(30, 7, 1);
+        assert_grads(
+            "embedding_bag",
+            |a| embedding_bag(&a[0], &a[1], inv.clone()),
+            &[w, g],
+            &[0, 1],
+            &GradCheckOpts { tol: 2e-3, ..Default::default() },
+        );
+    }
+
+    #[test]
+    fn embedding_bag_matches_reference() {
+        let (n, m, u, d) = (90, 8, 50, 37);
+        let w = randn((n, 2, m / 2), 62).unwrap();
+        let g = randn((u, d), 63).unwrap();
+        let inv = indices(n * m, u, 2);
+        let gy = randn((n, d), 64).unwrap();
+        let run = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+            let wv = Var::from_tensor(&w).unwrap();
+            let gv = Var::from_tensor(&g).unwrap();
+            let y = f(wv.as_tensor(), gv.as_tensor());
+            let gr = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, gr.get(wv.as_tensor()).unwrap().clone(), gr.get(gv.as_tensor()).unwrap().clone())
+        };
+        let (y, dw, dg) = run(&|w, g| embedding_bag(w, g, inv.clone()).unwrap());
+        let (ry, rdw, rdg) = run(&|w, g| reference(w, g, &inv));
+        assert_close(&y, &ry, 1e-5, "embedding_bag forward");
+        assert_close(&dw, &rdw, 1e-4, "embedding_bag dw");
+        assert_close(&dg, &rdg, 1e-4, "embedding_bag dG");
+    }
+
+    #[test]
+    fn embedding_bag_rejects_bad_indices() {
+        let w = randn((2, 3), 1).unwrap();
+        let g = randn((4, 5), 2).unwrap();
+        assert!(embedding_bag(&w, &g, Arc::new(vec![0, 1, 2, 3, 4, 0])).is_err());
+        assert!(embedding_bag(&w, &g, Arc::new(vec![0, 1, 2])).is_err());
+        assert_eq!(embedding_bag(&w, &g, Arc::new(vec![0, 1, 2, 3, 3, 0])).unwrap().dims(), &[2, 5]);
+    }
+}
