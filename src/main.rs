@@ -91,6 +91,21 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },
+    /// Memory-slot usage of a checkpoint on a corpus: fraction of slots used, access entropy,
+    /// most-used slots (per memory layer and pooled).
+    Inspect {
+        #[arg(long)]
+        model: PathBuf,
+        /// Text files to run (default: the run's own training distribution, other documents).
+        #[arg(long = "text")]
+        texts: Vec<PathBuf>,
+        /// Batches to run.
+        #[arg(long, default_value_t = 64)]
+        batches: usize,
+        /// How many most-used slots to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
     /// Data utilities.
     Data {
         #[command(subcommand)]
@@ -144,6 +159,29 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// Forward+backward time per token of one memory layer alone, for several pool sizes
+    /// (N = n_keys²); one JSON line each.
+    Memory {
+        /// Comma-separated n_keys values.
+        #[arg(long, value_delimiter = ',', default_value = "256,1024,2048")]
+        n_keys: Vec<usize>,
+        #[arg(long, default_value_t = 1024)]
+        tokens: usize,
+        #[arg(long, default_value_t = 256)]
+        d_model: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 32)]
+        knn: usize,
+        #[arg(long, default_value_t = 128)]
+        k_dim: usize,
+        #[arg(long, default_value_t = 256)]
+        v_dim: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
 }
 
 fn main() {
@@ -190,6 +228,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { model, qa, split, limit } => {
             let report = eval::qa::eval_command(&model, qa.as_deref(), &split, limit)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Inspect { model, texts, batches, top } => {
+            let report = eval::inspect::inspect_command(&model, &texts, batches, top)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Memory { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps } } => {
+            let o = bench::memory::MemoryBenchOptions { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps };
+            bench::memory::run(&o, |line| println!("{}", serde_json::to_string(line).unwrap()))?;
             Ok(())
         }
         Command::Data { command: DataCommand::Synth { cfg, out } } => {

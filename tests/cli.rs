@@ -68,3 +68,39 @@ fn bad_input_exits_non_zero_with_a_named_error() {
     assert!(!ok);
     assert!(err.contains("/nonexistent/model"), "{err}");
 }
+
+#[test]
+fn inspect_and_bench_memory_report_json() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let (ok, _, err) = memtune(&[
+        "pretrain",
+        "--config",
+        "configs/tiny-memory-test.toml",
+        "--set",
+        "train.steps=3",
+        "--set",
+        &format!("run.dir=\"{}\"", run.display()),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = memtune(&["inspect", "--model", run.to_str().unwrap(), "--batches", "2", "--top", "3"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["n_slots"], 1024);
+    assert_eq!(v["layers"].as_array().unwrap().len(), 1);
+    let f = v["pooled"]["fraction_used"].as_f64().unwrap();
+    assert!(f > 0.0 && f <= 1.0, "{f}");
+    assert_eq!(v["pooled"]["top_slots"].as_array().unwrap().len(), 3);
+    let (ok, _, err) = memtune(&["inspect", "--model", "runs/does-not-exist", "--batches", "1"]);
+    assert!(!ok && err.contains("does-not-exist"), "{err}");
+
+    let (ok, out, err) = memtune(&[
+        "bench", "memory", "--n-keys", "8,16", "--tokens", "16", "--d-model", "16", "--heads", "2", "--knn", "4", "--k-dim", "8", "--v-dim", "8",
+        "--warmup", "0", "--reps", "1",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["slots"], 256);
+    assert!(lines[0]["ratio_to_first"].as_f64().unwrap() == 1.0);
+}

@@ -1,4 +1,5 @@
-//! Benchmarks and end-to-end pipelines: training-step speed, the demo.
+//! Benchmarks and end-to-end pipelines: training-step speed, the memory layer alone, the demo.
 
 pub mod demo;
+pub mod memory;
 pub mod step;

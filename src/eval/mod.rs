@@ -1,6 +1,7 @@
 //! Evaluation: generation with a KV cache, per-token scoring, closed-book QA metrics.
 
 pub mod generate;
+pub mod inspect;
 pub mod metrics;
 pub mod qa;
 pub mod score;

@@ -330,8 +330,47 @@ fn write_all_files(
     sync_dir(tmp)
 }
 
+/// A tensor handed to the safetensors writer without copying its data when it is a contiguous
+/// CPU tensor (candle's own `View` copies every tensor: +1× a 1M-slot value table at save time).
+struct BorrowedView(Tensor);
+
+impl safetensors::View for BorrowedView {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::View::dtype(&&self.0)
+    }
+    fn shape(&self) -> &[usize] {
+        self.0.dims()
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let (storage, layout) = self.0.storage_and_layout();
+        let bytes = match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(cpu), Some((a, b))) => {
+                let size = self.0.dtype().size_in_bytes();
+                let ptr = match cpu {
+                    candle_core::CpuStorage::F32(v) => v[a..b].as_ptr() as *const u8,
+                    candle_core::CpuStorage::U32(v) => v[a..b].as_ptr() as *const u8,
+                    _ => std::ptr::null(),
+                };
+                (!ptr.is_null()).then(|| (ptr, (b - a) * size))
+            }
+            _ => None,
+        };
+        drop(storage);
+        match bytes {
+            // SAFETY: `self.0` keeps the storage alive for the borrow, and checkpoints are written
+            // between optimiser steps, when nothing mutates parameters or state. Safetensors is
+            // little-endian, as are the platforms memtune runs on.
+            Some((ptr, len)) => std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(ptr, len) }),
+            None => safetensors::View::data(&&self.0).into_owned().into(),
+        }
+    }
+    fn data_len(&self) -> usize {
+        self.0.elem_count() * self.0.dtype().size_in_bytes()
+    }
+}
+
 fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let mut items: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    let mut items: Vec<(&String, BorrowedView)> = tensors.iter().map(|(k, t)| (k, BorrowedView(t.clone()))).collect();
     items.sort_by(|a, b| a.0.cmp(b.0));
     write_atomic_with(path, |tmp| {
         safetensors::serialize_to_file(items, metadata, tmp).with_context(|| format!("cannot write {}", tmp.display()))
