@@ -4,6 +4,7 @@
 pub mod config;
 pub mod kv_cache;
 pub mod linear;
+pub mod lora;
 pub mod llama;
 pub mod memory;
 pub mod params;

@@ -47,6 +47,10 @@ impl ParamStore {
         self.vars.lock().unwrap().get(name).cloned()
     }
 
+    pub fn remove(&self, name: &str) -> Option<Var> {
+        self.vars.lock().unwrap().remove(name)
+    }
+
     pub fn insert(&self, name: &str, var: Var) {
         self.vars.lock().unwrap().insert(name.to_string(), var);
     }
@@ -105,12 +109,25 @@ pub struct ParamBuilder {
     source: Source,
     device: Device,
     trainable: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// With loaded tensors: initialise the ones the checkpoint lacks from this seed (new modules
+    /// added to a trained model: LoRA adapters, a retrofitted memory layer).
+    init_missing: Option<u64>,
+    /// LoRA adapters to attach to the linear layers it targets.
+    lora: Option<Arc<super::lora::LoraConfig>>,
 }
 
 impl ParamBuilder {
     /// Builder that initialises fresh parameters from `seed`.
     pub fn fresh(store: &ParamStore, seed: u64, device: &Device) -> Self {
-        Self { store: store.clone(), prefix: vec![], source: Source::Init { seed }, device: device.clone(), trainable: Arc::new(|_| true) }
+        Self {
+            store: store.clone(),
+            prefix: vec![],
+            source: Source::Init { seed },
+            device: device.clone(),
+            trainable: Arc::new(|_| true),
+            init_missing: None,
+            lora: None,
+        }
     }
 
     /// Builder that takes every parameter from `tensors`.
@@ -121,6 +138,8 @@ impl ParamBuilder {
             source: Source::Loaded(Arc::new(tensors)),
             device: device.clone(),
             trainable: Arc::new(|_| true),
+            init_missing: None,
+            lora: None,
         }
     }
 
@@ -133,6 +152,27 @@ impl ParamBuilder {
     pub fn with_trainable(mut self, pred: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.trainable = Arc::new(pred);
         self
+    }
+
+    /// Initialise tensors missing from the loaded ones (seeded by `seed` and their names).
+    pub fn with_init_missing(mut self, seed: u64) -> Self {
+        self.init_missing = Some(seed);
+        self
+    }
+
+    /// Attach LoRA adapters (created fresh when absent) to the linear layers `cfg` targets.
+    pub fn with_lora(mut self, cfg: super::lora::LoraConfig) -> Self {
+        self.lora = Some(Arc::new(cfg));
+        self
+    }
+
+    pub fn lora(&self) -> Option<&super::lora::LoraConfig> {
+        self.lora.as_deref()
+    }
+
+    /// The last component of this builder's path (`q_proj` under `...self_attn.q_proj`).
+    pub fn name(&self) -> &str {
+        self.prefix.last().map(String::as_str).unwrap_or("")
     }
 
     pub fn pp(&self, s: impl ToString) -> Self {
@@ -171,6 +211,9 @@ impl ParamBuilder {
                 // gives a loaded tensor storage of its own (this matters for the memory value table).
                 let v = match &self.source {
                     Source::Init { seed } => Var::from_vec(init_values(&shape, init, *seed, &full)?, shape.clone(), &self.device)?,
+                    Source::Loaded(map) if !map.contains_key(&full) && self.init_missing.is_some() => {
+                        Var::from_vec(init_values(&shape, init, self.init_missing.unwrap(), &full)?, shape.clone(), &self.device)?
+                    }
                     Source::Loaded(map) => {
                         let t = map.get(&full).with_context(|| format!("tensor `{full}` is missing from the checkpoint"))?;
                         if t.shape() != &shape {

@@ -7,3 +7,4 @@ pub mod pretrain;
 pub mod progress;
 pub mod sparse_values;
 pub mod trainer;
+pub mod tfidf;

@@ -1,0 +1,160 @@
+//! LoRA (Hu et al. 2021): y = x Wᵀ + b + (alpha / r) · dropout(x) Aᵀ Bᵀ, with A (r, in) and
+//! B (out, r). B starts at zero so the adapted model equals the base model at step 0; only the
+//! adapter's delta is scaled, never the base output. Adapters are saved on their own in PEFT's
+//! layout (`adapter_model.safetensors` with `base_model.model.` names, `adapter_config.json`)
+//! and can be merged into the base weights.
+
+use super::params::{Init, ParamBuilder, ParamStore};
+use crate::util::rng_for;
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Short names users give (`q`) and the module names they stand for (`q_proj`).
+pub const TARGETS: [(&str, &str); 7] =
+    [("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"), ("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Any of q, k, v, o, gate, up, down (or their `_proj` names).
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { rank: 16, alpha: 32.0, dropout: 0.0, targets: TARGETS.iter().map(|t| t.0.to_string()).collect() }
+    }
+}
+
+impl LoraConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rank == 0 {
+            return Err("lora.rank must be > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err("lora.dropout must be in [0, 1)".into());
+        }
+        for t in &self.targets {
+            if module_name(t).is_none() {
+                return Err(format!("lora.targets: unknown module `{t}` (expected any of q, k, v, o, gate, up, down)"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Whether the linear layer named `module` (e.g. `q_proj`) gets an adapter.
+    pub fn targets_module(&self, module: &str) -> bool {
+        self.targets.iter().any(|t| module_name(t) == Some(module))
+    }
+
+    /// Module names (`q_proj`, ...) of the targets.
+    pub fn module_names(&self) -> Vec<&'static str> {
+        self.targets.iter().filter_map(|t| module_name(t)).collect()
+    }
+}
+
+fn module_name(t: &str) -> Option<&'static str> {
+    TARGETS.iter().find(|(s, m)| *s == t || *m == t).map(|(_, m)| *m)
+}
+
+/// One adapter pair on a linear layer.
+#[derive(Clone, Debug)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+    /// Dropout masks are drawn from (name, call count): deterministic for a given run.
+    name: String,
+    calls: Arc<AtomicU64>,
+}
+
+impl LoraAdapter {
+    /// `lora_A.weight` (r, in) ~ U(±1/√in) (PEFT's Kaiming-uniform with a = √5), `lora_B.weight`
+    /// (out, r) = 0, under the linear layer's path.
+    pub fn new(pb: &ParamBuilder, cfg: &LoraConfig, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let a = pb.pp("lora_A").get((cfg.rank, in_dim), "weight", Init::Uniform { bound: 1.0 / (in_dim as f64).sqrt() })?;
+        let b = pb.pp("lora_B").get((out_dim, cfg.rank), "weight", Init::Zeros)?;
+        Ok(Self { a, b, scale: cfg.scale(), dropout: cfg.dropout, name: pb.path("lora"), calls: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// scale · dropout(x) Aᵀ Bᵀ for x (N, in).
+    pub fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = if self.dropout > 0.0 && self.a.is_variable() {
+            let call = self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut rng = rng_for(call, &self.name);
+            let keep = 1.0 - self.dropout;
+            let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+            (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
+        } else {
+            x.clone()
+        };
+        x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
+    }
+}
+
+/// PEFT's name for a memtune adapter tensor.
+pub fn peft_name(name: &str) -> String {
+    format!("base_model.model.{name}")
+}
+
+/// The adapter tensors of a store (names containing `.lora_A.` / `.lora_B.`).
+pub fn adapter_names(store: &ParamStore) -> Vec<String> {
+    store.names().into_iter().filter(|n| n.contains(".lora_A.") || n.contains(".lora_B.")).collect()
+}
+
+/// Save the adapters of `store` in PEFT's layout into `dir`.
+pub fn save_peft(store: &ParamStore, cfg: &LoraConfig, base_model: &str, dir: &std::path::Path) -> Result<()> {
+    let names = adapter_names(store);
+    if names.is_empty() {
+        bail!("the model has no LoRA adapters to save");
+    }
+    std::fs::create_dir_all(dir)?;
+    let tensors: HashMap<String, Tensor> =
+        names.iter().map(|n| (peft_name(n), store.get(n).unwrap().as_detached_tensor())).collect();
+    let path = dir.join("adapter_model.safetensors");
+    crate::io::atomic::write_atomic_with(&path, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.module_names(),
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+    });
+    crate::io::atomic::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())
+}
+
+/// Fold every adapter into its base weight (W ← W + scale · B A) and remove the adapters from the
+/// store. The model must be rebuilt from the store afterwards.
+pub fn merge_into_base(store: &ParamStore, cfg: &LoraConfig) -> Result<()> {
+    for a_name in adapter_names(store).into_iter().filter(|n| n.contains(".lora_A.")) {
+        let base = a_name.replace(".lora_A.weight", ".weight");
+        let b_name = a_name.replace(".lora_A.", ".lora_B.");
+        let (a, b, w) = match (store.get(&a_name), store.get(&b_name), store.get(&base)) {
+            (Some(a), Some(b), Some(w)) => (a, b, w),
+            _ => bail!("cannot merge {a_name}: its pair or base weight is missing"),
+        };
+        let delta = (b.as_tensor().matmul(a.as_tensor())? * cfg.scale())?;
+        w.set(&(w.as_tensor() + delta)?)?;
+        store.remove(&a_name);
+        store.remove(&b_name);
+    }
+    Ok(())
+}
