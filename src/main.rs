@@ -50,6 +50,8 @@ enum Command {
     },
     /// Generate a continuation of a prompt.
     Generate {
+        #[command(flatten)]
+        cfg: ConfigArgs,
         /// Run directory or model folder (config.json, model.safetensors, tokenizer.json).
         #[arg(long)]
         model: PathBuf,
@@ -67,6 +69,8 @@ enum Command {
     },
     /// Per-token log-likelihood of texts, one JSON line per text.
     Score {
+        #[command(flatten)]
+        cfg: ConfigArgs,
         #[arg(long)]
         model: PathBuf,
         /// A text to score (repeatable).
@@ -78,6 +82,8 @@ enum Command {
     },
     /// Closed-book QA: exact match and token F1 (SQuAD normalisation).
     Eval {
+        #[command(flatten)]
+        cfg: ConfigArgs,
         #[arg(long)]
         model: PathBuf,
         /// JSONL of {"question", "answers": [..]} (or "answer"); default: the synthetic world of the
@@ -87,13 +93,15 @@ enum Command {
         /// Synthetic-world split to ask about: qa, bio-only, new, seal.
         #[arg(long, default_value = "bio-only")]
         split: String,
-        /// At most this many questions (0 = all).
-        #[arg(long, default_value_t = 0)]
-        limit: usize,
+        /// At most this many questions, a seeded sample (default: the config's eval.max_questions; 0 = all).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Memory-slot usage of a checkpoint on a corpus: fraction of slots used, access entropy,
     /// most-used slots (per memory layer and pooled).
     Inspect {
+        #[command(flatten)]
+        cfg: ConfigArgs,
         #[arg(long)]
         model: PathBuf,
         /// Text files to run (default: the run's own training distribution, other documents).
@@ -138,11 +146,14 @@ enum DataCommand {
 enum TokenizerCommand {
     /// Train a byte-level BPE tokenizer on text files (or the synthetic world when none given).
     Train {
+        #[command(flatten)]
+        cfg: ConfigArgs,
         /// Text files (whole file = one document; .jsonl lines with a "text" field).
         #[arg(long = "input")]
         inputs: Vec<PathBuf>,
-        #[arg(long, default_value_t = 4096)]
-        vocab_size: usize,
+        /// Vocabulary size (default: the config's model.vocab_size).
+        #[arg(long)]
+        vocab_size: Option<usize>,
         #[arg(long, default_value = "tokenizer.json")]
         out: PathBuf,
     },
@@ -208,12 +219,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::json!({"run_dir": out.dir, "steps": out.steps, "final_loss": out.final_loss}));
             Ok(())
         }
-        Command::Generate { model, prompt, max_new_tokens, temperature, top_p, seed } => {
+        Command::Generate { cfg, model, prompt, max_new_tokens, temperature, top_p, seed } => {
+            cfg.load()?;
             let opts = eval::GenerateOptions { max_new_tokens, temperature, top_p, seed, stop_tokens: vec![] };
             println!("{}", eval::generate::generate_text(&model, &prompt, &opts)?);
             Ok(())
         }
-        Command::Score { model, text, file } => {
+        Command::Score { cfg, model, text, file } => {
+            cfg.load()?;
             let mut texts = text;
             if let Some(f) = file {
                 let body = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
@@ -225,12 +238,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Eval { model, qa, split, limit } => {
-            let report = eval::qa::eval_command(&model, qa.as_deref(), &split, limit)?;
+        Command::Eval { cfg, model, qa, split, limit } => {
+            let cfg = cfg.load()?;
+            let limit = limit.unwrap_or(cfg.eval.max_questions);
+            let report = eval::qa::eval_command(&model, qa.as_deref(), &split, limit, cfg.train.seed)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Inspect { model, texts, batches, top } => {
+        Command::Inspect { cfg, model, texts, batches, top } => {
+            cfg.load()?;
             let report = eval::inspect::inspect_command(&model, &texts, batches, top)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
@@ -247,7 +263,8 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote the synthetic world to {}", out.display());
             Ok(())
         }
-        Command::Tokenizer { command: TokenizerCommand::Train { inputs, vocab_size, out } } => {
+        Command::Tokenizer { command: TokenizerCommand::Train { cfg, inputs, vocab_size, out } } => {
+            let vocab_size = vocab_size.unwrap_or(cfg.load()?.model.vocab_size);
             let tok = data::tokenizer::train_from_files(&inputs, vocab_size)?;
             tok.save(&out)?;
             eprintln!("wrote {} ({} tokens)", out.display(), tok.vocab_size());

@@ -22,3 +22,16 @@ pub fn stable_hash(parts: &[&[u8]]) -> u64 {
 pub fn rng_for(seed: u64, purpose: &str) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(stable_hash(&[&seed.to_le_bytes(), purpose.as_bytes()]))
 }
+
+/// A progress bar for long work (`label [=====>   ] pos/len eta`), drawn on stderr and hidden
+/// when stderr is not a terminal.
+pub fn progress_bar(label: &str, total: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}

@@ -5,14 +5,12 @@
 
 use crate::config::ExperimentConfig;
 use crate::data::synthetic::{Split, World};
-use crate::eval::qa::{evaluate, world_items, QaItem, QaReport};
+use crate::eval::qa::{evaluate, sample_items, world_items, QaReport};
 use crate::io::checkpoint::Checkpoint;
 use crate::model::pretrained::load_model_dir;
 use crate::train::pretrain::{self, CHECKPOINT_DIR};
-use crate::util::rng_for;
 use anyhow::Result;
 use candle_core::Device;
-use rand::seq::SliceRandom;
 use std::path::Path;
 
 /// The demo's built-in config.
@@ -21,15 +19,6 @@ pub const DEMO_TOML: &str = include_str!("../../configs/demo.toml");
 /// The demo config with `overrides` applied.
 pub fn default_config(overrides: &[String]) -> Result<ExperimentConfig> {
     ExperimentConfig::from_toml_str(DEMO_TOML, "configs/demo.toml (built in)", overrides)
-}
-
-/// A seeded sample of at most `n` questions (all when `n` is 0).
-pub fn sample_items(mut items: Vec<QaItem>, n: usize, seed: u64) -> Vec<QaItem> {
-    items.shuffle(&mut rng_for(seed, "eval-sample"));
-    if n > 0 {
-        items.truncate(n);
-    }
-    items
 }
 
 pub fn run(cfg: &ExperimentConfig) -> Result<()> {

@@ -39,17 +39,30 @@ pub fn answer(model: &Llama, tok: &Tokenizer, prompt: &str) -> Result<String> {
     Ok(text.split('\n').next().unwrap_or("").trim().to_string())
 }
 
+/// A seeded sample of at most `n` questions (all, shuffled, when `n` is 0).
+pub fn sample_items(mut items: Vec<QaItem>, n: usize, seed: u64) -> Vec<QaItem> {
+    use rand::seq::SliceRandom;
+    items.shuffle(&mut crate::util::rng_for(seed, "eval-sample"));
+    if n > 0 {
+        items.truncate(n);
+    }
+    items
+}
+
 /// Ask every item closed-book (prompt = `qa_prompt(question)`), score EM and F1.
 pub fn evaluate(model: &Llama, tok: &Tokenizer, items: &[QaItem]) -> Result<(QaReport, Vec<String>)> {
     let mut ems = Vec::with_capacity(items.len());
     let mut f1s = Vec::with_capacity(items.len());
     let mut preds = Vec::with_capacity(items.len());
+    let bar = crate::util::progress_bar("eval", items.len());
     for it in items {
+        bar.inc(1);
         let p = answer(model, tok, &qa_prompt(&it.question))?;
         ems.push(exact_match(&p, &it.answers));
         f1s.push(token_f1(&p, &it.answers));
         preds.push(p);
     }
+    bar.finish_and_clear();
     let (em, em_stderr) = mean_stderr(&ems);
     let (f1, _) = mean_stderr(&f1s);
     Ok((QaReport { n: items.len(), em, em_stderr, f1 }, preds))
@@ -79,10 +92,10 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<QaItem>> {
 }
 
 /// `memtune eval`.
-pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usize) -> Result<QaReport> {
+pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usize, seed: u64) -> Result<QaReport> {
     let model_dir = &crate::model::pretrained::resolve_model_dir(model_dir);
     let m = load_model_dir(model_dir, &Device::Cpu)?;
-    let mut items = match qa {
+    let items = match qa {
         Some(p) => read_jsonl(p)?,
         None => {
             let exp = model_dir.join("experiment.toml");
@@ -92,8 +105,6 @@ pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usi
             world_items(&World::generate(&cfg.data.world), split)
         }
     };
-    if limit > 0 {
-        items.truncate(limit);
-    }
+    let items = sample_items(items, limit, seed);
     Ok(evaluate(&m.model, &m.tokenizer, &items)?.0)
 }

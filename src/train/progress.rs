@@ -2,7 +2,7 @@
 //! terminal (CI logs get the tracing lines instead).
 
 use super::trainer::StepStats;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::time::Instant;
 
 pub struct Progress {
@@ -14,13 +14,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &str, done: usize, total: usize) -> Self {
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-                .unwrap()
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(label.to_string());
+        let bar = crate::util::progress_bar(label, total);
         bar.set_position(done as u64);
         Self { bar, start: Instant::now(), tokens: 0, label: label.to_string() }
     }
