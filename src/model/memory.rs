@@ -1,10 +1,11 @@
 //! The product-key memory layer (Memory+, Berges et al. 2024; DESIGN.md §1), a `FeedForward` that
 //! takes the place of a block's MLP or runs beside it.
 //!
-//! Per token x (dim d): q = W_q x + b_q split into heads of k_dim; optional qk-norm; the knn best of
-//! n_keys² slots per head by product keys (`ops::product_key_topk`); softmax weights; the weighted
-//! sum of the selected value rows over heads and slots, y (`ops::embedding_bag`); and the Memory+
-//! output out = W2 (y ⊙ silu(W1 x)) (`ops::swiglu`).
+//! Per token x (dim d): q = W_q x + b_q split into heads of k_dim; optional qk-norm (scaled as in
+//! attention, see [`qk_norm_weights`]); the knn best of n_keys² slots per head by product keys
+//! (`ops::product_key_topk`); softmax weights; the weighted sum of the selected value rows over
+//! heads and slots, y (`ops::embedding_bag`); and the Memory+ output out = W2 (y ⊙ silu(W1 x))
+//! (`ops::swiglu`).
 //!
 //! The value table `memory.values` (n_keys² × v_dim) is one pool shared by all memory layers. It is
 //! a `Var` in the `ParamStore` (so checkpoints hold it) but the model only ever sees it detached:
@@ -62,8 +63,33 @@ pub struct MemoryLayer {
     pub values: Tensor,
     /// RMSNorm epsilon of the qk-norm.
     pub eps: f64,
-    /// All-ones weight of the qk-norm (k_dim/2), when enabled.
-    norm_ones: Option<Tensor>,
+    /// Fixed (not learned) weights of the qk-norm, each (k_dim/2), when enabled: (query, keys).
+    /// See [`qk_norm_weights`].
+    qk_weights: Option<(Tensor, Tensor)>,
+}
+
+/// Std of the model's residual-stream init (`llama.rs`: embeddings N(0, 0.02); output projections
+/// into the residual stream N(0, 0.02/√(2L))).
+const RESID_INIT_STD: f64 = 0.02;
+
+/// The fixed weights of the qk-norm for half-width `half` = k_dim/2: (query, sub-keys).
+///
+/// Each sub-key is RMS-normalised (weight 1: norm √half) and each half-query is normalised to unit
+/// L2 norm (weight 1/√half), so a half-score is √half·cos(q_half, key): std ≈ 1 for unrelated
+/// directions, at most √half — the 1/√d scaling of dot-product attention, whatever k_dim. With
+/// weight 1 on both (what DESIGN.md §1's "RMSNorm on each half-query and on the sub-keys" gives
+/// without a scale) a half-score is half·cos, √half times larger, and the softmax over the top-k is
+/// nearly one-hot. Measured on configs/tiny-memory-test.toml (k_dim 32, knn 8): top-1 weight 0.45
+/// at init, 0.76 after 800 steps (top-1 minus top-8 score 5.5); the memory acted as a hard hash
+/// whose output jumps whenever a selection changes, and the model trained worse than with the slot
+/// left empty (held-out 0.578 vs 0.490 at 1,600 steps; the MLP 0.492). With one block, 800 steps:
+/// unscaled 0.81 (empty slot 0.80, MLP 0.655), scaled 0.69–0.72, no qk-norm 0.72–0.73. With this
+/// scale the top-1 weight is ~0.25, about the reference code's (no qk-norm: keys U(±1/√k_dim),
+/// queries of RMS ~1). The sharp version memorises a random input → class table faster (a lone
+/// layer, 30K items: 71% vs 44% after 200 full-batch steps), but a language model is not that.
+pub fn qk_norm_weights(half: usize, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let q = Tensor::full((half as f32).sqrt().recip(), half, device)?;
+    Ok((q, Tensor::ones(half, DType::F32, device)?))
 }
 
 impl MemoryLayer {
@@ -71,6 +97,20 @@ impl MemoryLayer {
     pub fn new(cfg: &LlamaConfig, mem: &MemoryConfig, pb: &ParamBuilder, layer: usize, values: &Tensor) -> Result<Self> {
         let d = cfg.hidden_size;
         let w_std = Init::Normal { std: 1.0 / (d as f64).sqrt() };
+        // W2 writes into the residual stream in place of the MLP's down_proj, so it is initialised
+        // as this model initialises down_proj and o_proj, N(0, 0.02/√(2L)), not N(0, d^-1/2)
+        // (DESIGN.md §1, from the reference code). The reference builds its residual stream at the
+        // same d^-1/2 scale (embeddings N(0, d^-1/2), ≈ 0.02 at its widths, d ≥ 1024); this model
+        // builds it at 0.02 whatever d, so at d 64 a d^-1/2 W2 made the memory's output 3× the
+        // residual stream at init (RMS 0.061 vs 0.02) and 0.23 after 800 steps: a large,
+        // slot-dependent signal the rest of the model had to learn around. The values' effect on
+        // the output scales with W2: the tiny config raises value_lr from 1e-2 to 1e-1 with it (the
+        // §4b config's 5e-3 did as well as 2e-2 and 5e-2 there, 1e-1 worse).
+        // Measured, one-block tiny model, 800 steps, seeds 0/1: 0.693 / 0.722 with d^-1/2 (value_lr
+        // 1e-2; 3e-2: 0.687 / 0.740), 0.673 / 0.655 with this init (the MLP 0.653 / 0.660). §4b
+        // config, 600 steps, seeds 0/1: 1.136 / 1.174 before both changes, 1.095 / 1.104 after (the
+        // MLP 1.118 / 1.094).
+        let out_std = Init::Normal { std: RESID_INIT_STD / (2.0 * cfg.num_hidden_layers as f64).sqrt() };
         let key_bound = Init::Uniform { bound: 1.0 / (mem.k_dim as f64).sqrt() };
         Self::from_parts(
             layer,
@@ -78,7 +118,7 @@ impl MemoryLayer {
             Linear::new(&pb.pp("query"), d, mem.heads * mem.k_dim, true, Init::XavierUniform)?,
             pb.get((mem.heads, 2, mem.n_keys, mem.k_dim / 2), "keys", key_bound)?,
             Linear::new(&pb.pp("swilu"), d, mem.v_dim, true, w_std)?,
-            Linear::new(&pb.pp("out"), mem.v_dim, d, true, w_std)?,
+            Linear::new(&pb.pp("out"), mem.v_dim, d, true, out_std)?,
             values.detach(),
             cfg.rms_norm_eps,
         )
@@ -114,8 +154,8 @@ impl MemoryLayer {
         ensure!(values.dtype() == DType::F32 && values.is_contiguous(), "memory layer {layer}: value table must be contiguous f32");
         ensure!(query.weight.dim(0)? == cfg.heads * cfg.k_dim, "memory layer {layer}: query has {} outputs, expected heads·k_dim", query.weight.dim(0)?);
         ensure!(swilu.weight.dim(0)? == cfg.v_dim && out.weight.dim(1)? == cfg.v_dim, "memory layer {layer}: swilu / out do not match v_dim");
-        let norm_ones = if cfg.qk_norm { Some(Tensor::ones(half, DType::F32, keys.device())?) } else { None };
-        Ok(Self { layer, cfg, query, keys, swilu, out, values: values.detach(), eps, norm_ones })
+        let qk_weights = if cfg.qk_norm { Some(qk_norm_weights(half, keys.device())?) } else { None };
+        Ok(Self { layer, cfg, query, keys, swilu, out, values: values.detach(), eps, qk_weights })
     }
 }
 
@@ -128,10 +168,10 @@ impl FeedForward for MemoryLayer {
         let c = &self.cfg;
         let half = c.k_dim / 2;
         let q = self.query.forward(x)?;
-        let (q, keys) = match &self.norm_ones {
-            Some(ones) => (
-                ops::rms_norm(&q.reshape((n, c.heads * 2, half))?, ones, self.eps)?.reshape((n, c.heads, c.k_dim))?,
-                ops::rms_norm(&self.keys, ones, self.eps)?,
+        let (q, keys) = match &self.qk_weights {
+            Some((wq, wk)) => (
+                ops::rms_norm(&q.reshape((n, c.heads * 2, half))?, wq, self.eps)?.reshape((n, c.heads, c.k_dim))?,
+                ops::rms_norm(&self.keys, wk, self.eps)?,
             ),
             None => (q.reshape((n, c.heads, c.k_dim))?, self.keys.clone()),
         };
