@@ -16,6 +16,419 @@ pub struct ExperimentConfig {
     pub data: DataConfig,
     pub eval: EvalConfig,
     pub run: RunConfig,
+    /// `memtune background`: the TF-IDF background index.
+    pub background: BackgroundConfig,
+    /// `memtune finetune`: learning new facts with one method.
+    pub finetune: FinetuneConfig,
+    /// `memtune bench forgetting`: the learning-vs-forgetting grid.
+    pub forgetting: ForgettingConfig,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finetuning on new facts (DESIGN.md §2, §4b).
+
+/// Which finetuning method.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodKind {
+    /// SGD on the top-t memory value rows of each batch by TF-IDF; everything else frozen.
+    SparseMemory,
+    /// LoRA adapters (AdamW); the base frozen.
+    Lora,
+    /// Every dense weight (and the memory values, lazily) with AdamW.
+    Full,
+}
+
+impl MethodKind {
+    pub const ALL: [MethodKind; 3] = [MethodKind::SparseMemory, MethodKind::Lora, MethodKind::Full];
+
+    /// The name in configs and reports (`sparse-memory`, `lora`, `full`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodKind::SparseMemory => "sparse-memory",
+            MethodKind::Lora => "lora",
+            MethodKind::Full => "full",
+        }
+    }
+
+    /// The `[finetune.<section>]` holding this method's settings.
+    pub fn section(self) -> &'static str {
+        match self {
+            MethodKind::SparseMemory => "sparse_memory",
+            MethodKind::Lora => "lora",
+            MethodKind::Full => "full",
+        }
+    }
+}
+
+/// How accessed memory slots are ranked for sparse memory finetuning (DESIGN.md §2).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ranking {
+    /// tf · idf against the background index (the method).
+    Tfidf,
+    /// tf alone (ablation: no background).
+    Tf,
+    /// A random subset of the accessed slots (ablation).
+    Random,
+}
+
+/// `top_t`: a number of rows, or `"all"` (every accessed slot, t = ∞).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopT(pub Option<usize>);
+
+impl Serialize for TopT {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(t) => s.serialize_u64(t as u64),
+            None => s.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TopT {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TopT;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a positive integer or \"all\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<TopT, E> {
+                if v > 0 {
+                    Ok(TopT(Some(v as usize)))
+                } else {
+                    Err(E::custom(format!("top_t must be > 0 or \"all\", got {v}")))
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<TopT, E> {
+                self.visit_i64(v as i64)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<TopT, E> {
+                match v {
+                    "all" => Ok(TopT(None)),
+                    _ => v.parse::<i64>().map_err(|_| E::custom(format!("top_t must be a positive integer or \"all\", got \"{v}\""))).and_then(|n| self.visit_i64(n)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl std::fmt::Display for TopT {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.0 {
+            Some(t) => write!(f, "{t}"),
+            None => f.write_str("all"),
+        }
+    }
+}
+
+/// `[finetune]`: what is learned and how.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub method: MethodKind,
+    /// New facts to learn, in order (0: every fact of the source).
+    pub facts: usize,
+    /// Paraphrases per fact: each fact is one batch of this many statements.
+    pub paraphrases: usize,
+    /// A JSONL file of facts (see `data::facts`); empty: the synthetic world's new people.
+    pub facts_file: String,
+    /// Fact order, adapter init, random ranking.
+    pub seed: u64,
+    /// AdamW betas and eps of the methods that use AdamW (lora, full).
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub sparse_memory: SparseMemoryConfig,
+    pub lora: LoraFinetuneConfig,
+    pub full: FullFinetuneConfig,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            method: MethodKind::SparseMemory,
+            facts: 100,
+            paraphrases: 8,
+            facts_file: String::new(),
+            seed: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            sparse_memory: SparseMemoryConfig::default(),
+            lora: LoraFinetuneConfig::default(),
+            full: FullFinetuneConfig::default(),
+        }
+    }
+}
+
+/// `[finetune.sparse_memory]` (DESIGN.md §2, §4b).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SparseMemoryConfig {
+    /// Value rows updated per step: a number or "all".
+    pub top_t: TopT,
+    /// Plain SGD learning rate (constant).
+    pub lr: f64,
+    pub ranking: Ranking,
+    /// Optimiser steps on each fact's batch before the next fact.
+    pub steps_per_fact: usize,
+    /// Global-norm clipping of the value gradient; 0 = off.
+    pub grad_clip: f64,
+}
+
+impl Default for SparseMemoryConfig {
+    fn default() -> Self {
+        Self { top_t: TopT(Some(100)), lr: 100.0, ranking: Ranking::Tfidf, steps_per_fact: 1, grad_clip: 0.0 }
+    }
+}
+
+/// `[finetune.lora]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraFinetuneConfig {
+    pub rank: usize,
+    /// The adapter's delta is scaled by alpha / rank.
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Any of q, k, v, o, gate, up, down.
+    pub targets: Vec<String>,
+    /// AdamW learning rate (constant).
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub steps_per_fact: usize,
+    /// 0 = off.
+    pub grad_clip: f64,
+}
+
+impl Default for LoraFinetuneConfig {
+    fn default() -> Self {
+        let l = crate::model::lora::LoraConfig::default();
+        Self { rank: l.rank, alpha: l.alpha, dropout: l.dropout, targets: l.targets, lr: 1e-3, weight_decay: 0.0, steps_per_fact: 1, grad_clip: 1.0 }
+    }
+}
+
+impl LoraFinetuneConfig {
+    pub fn lora(&self) -> crate::model::lora::LoraConfig {
+        crate::model::lora::LoraConfig { rank: self.rank, alpha: self.alpha, dropout: self.dropout, targets: self.targets.clone() }
+    }
+}
+
+/// `[finetune.full]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FullFinetuneConfig {
+    /// AdamW learning rate of the dense weights (constant).
+    pub lr: f64,
+    /// Lazy AdamW learning rate of the memory values; absent: `lr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_lr: Option<f64>,
+    pub weight_decay: f64,
+    pub steps_per_fact: usize,
+    /// 0 = off.
+    pub grad_clip: f64,
+}
+
+impl Default for FullFinetuneConfig {
+    fn default() -> Self {
+        Self { lr: 1e-4, value_lr: None, weight_decay: 0.0, steps_per_fact: 1, grad_clip: 1.0 }
+    }
+}
+
+/// `[background]`: the background index of sparse memory finetuning (DESIGN.md §2).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackgroundConfig {
+    /// B, the number of background batches.
+    pub batches: usize,
+    /// Sequences per background batch.
+    pub batch_size: usize,
+    /// Tokens per sequence (0: the run's train.seq_len).
+    pub seq_len: usize,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        Self { batches: 1000, batch_size: 1, seq_len: 0 }
+    }
+}
+
+/// `[forgetting]`: the learning-vs-forgetting benchmark (`memtune bench forgetting`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForgettingConfig {
+    /// Methods to run, in this order.
+    pub methods: Vec<MethodKind>,
+    /// Per method, a grid over keys of its `[finetune.<method>]` section: every combination
+    /// of the listed values is one run (keys not listed keep their `[finetune.*]` value).
+    pub grid: ForgettingGrid,
+    /// Retention probe: questions about bio-only pretraining people (their QA pairs were never
+    /// trained on; a seeded sample, 0 = all).
+    pub retention_questions: usize,
+    /// Questions per new fact (its question templates; 0 = all).
+    pub questions_per_fact: usize,
+    /// Batches of the held-out pretraining stream for the held-out loss.
+    pub heldout_batches: usize,
+    /// Runs whose new-fact EM is within this of the matched learning level count as matched.
+    pub match_tolerance: f64,
+    /// Results folder; empty: `<run.dir>/forgetting` (`<run.dir>/forgetting-quick` with --quick).
+    pub out: String,
+    /// `--set` overrides that `--quick` applies (before the command line's own).
+    pub quick: Vec<String>,
+    /// Runs beside the grids, each a table with `method` and keys of that method's section, set
+    /// over `[finetune.<method>]` (the ablations: `{ method = "sparse-memory", ranking = "tf" }`).
+    pub extra: Vec<toml::Table>,
+}
+
+impl Default for ForgettingConfig {
+    fn default() -> Self {
+        Self {
+            methods: MethodKind::ALL.to_vec(),
+            grid: ForgettingGrid::default(),
+            retention_questions: 300,
+            questions_per_fact: 0,
+            heldout_batches: 16,
+            match_tolerance: 0.05,
+            out: String::new(),
+            quick: vec![],
+            extra: vec![],
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Errors name the key.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((format!("finetune.{k}"), m.to_string()));
+        if self.paraphrases == 0 {
+            return bad("paraphrases", "must be > 0");
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("beta1", "betas must be in [0, 1)");
+        }
+        let sm = &self.sparse_memory;
+        let lo = &self.lora;
+        let fu = &self.full;
+        for (sec, lr, steps, clip) in [
+            ("sparse_memory", sm.lr, sm.steps_per_fact, sm.grad_clip),
+            ("lora", lo.lr, lo.steps_per_fact, lo.grad_clip),
+            ("full", fu.lr, fu.steps_per_fact, fu.grad_clip),
+        ] {
+            if !(lr.is_finite() && lr >= 0.0) {
+                return bad(&format!("{sec}.lr"), "must be a finite number ≥ 0");
+            }
+            if steps == 0 {
+                return bad(&format!("{sec}.steps_per_fact"), "must be ≥ 1");
+            }
+            if !(clip.is_finite() && clip >= 0.0) {
+                return bad(&format!("{sec}.grad_clip"), "must be ≥ 0 (0 = off)");
+            }
+        }
+        if let Some(v) = fu.value_lr {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad("full.value_lr", "must be a finite number ≥ 0");
+            }
+        }
+        if let Err(m) = lo.lora().validate() {
+            return Err(("finetune.lora".into(), m.replace("lora.", "finetune.lora.")));
+        }
+        Ok(())
+    }
+
+    /// This config with `key = value` set in the section of `method` (a grid point); the error
+    /// names `finetune.<section>.<key>`.
+    pub fn with_method_value(&self, method: MethodKind, key: &str, value: &toml::Value) -> std::result::Result<Self, (String, String)> {
+        let full_key = format!("finetune.{}.{key}", method.section());
+        let mut root = toml::Table::try_from(self).map_err(|e| (full_key.clone(), e.to_string()))?;
+        let sec = root.get_mut(method.section()).and_then(|v| v.as_table_mut()).expect("method sections serialise as tables");
+        if !sec.contains_key(key) && !(method == MethodKind::Full && key == "value_lr") {
+            return Err((full_key, format!("unknown key `{key}` in [finetune.{}]", method.section())));
+        }
+        sec.insert(key.to_string(), value.clone());
+        let out: FinetuneConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| (full_key.clone(), e.inner().to_string()))?;
+        out.validate()?;
+        Ok(out)
+    }
+}
+
+/// One run of the forgetting grid: the method, the grid values that define it, and the finetune
+/// config with them applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridRun {
+    pub method: MethodKind,
+    pub point: std::collections::BTreeMap<String, toml::Value>,
+    pub finetune: FinetuneConfig,
+}
+
+impl ForgettingConfig {
+    /// Every run of the grid, method by method in `methods` order, the grid's keys varying
+    /// fastest in reverse name order (a fixed order).
+    pub fn runs(&self, base: &FinetuneConfig) -> std::result::Result<Vec<GridRun>, (String, String)> {
+        let mut out = vec![];
+        for &m in &self.methods {
+            let grid = self.grid.get(m);
+            let mut points: Vec<std::collections::BTreeMap<String, toml::Value>> = vec![Default::default()];
+            for (k, values) in grid {
+                if values.is_empty() {
+                    return Err((format!("forgetting.grid.{}.{k}", m.section()), "lists no value".into()));
+                }
+                points = points
+                    .into_iter()
+                    .flat_map(|p| {
+                        values.iter().map(move |v| {
+                            let mut q = p.clone();
+                            q.insert(k.clone(), v.clone());
+                            q
+                        })
+                    })
+                    .collect();
+            }
+            for point in points {
+                let mut ft = FinetuneConfig { method: m, ..base.clone() };
+                for (k, v) in &point {
+                    ft = ft.with_method_value(m, k, v).map_err(|(_, msg)| (format!("forgetting.grid.{}.{k}", m.section()), msg))?;
+                }
+                out.push(GridRun { method: m, point, finetune: ft });
+            }
+        }
+        for (i, t) in self.extra.iter().enumerate() {
+            let key = |k: &str| format!("forgetting.extra[{i}].{k}");
+            let m: MethodKind = match t.get("method") {
+                Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| (key("method"), e.message().to_string()))?,
+                None => return Err((key("method"), "missing (sparse-memory, lora or full)".into())),
+            };
+            let mut ft = FinetuneConfig { method: m, ..base.clone() };
+            let mut point = std::collections::BTreeMap::new();
+            for (k, v) in t.iter().filter(|(k, _)| k.as_str() != "method") {
+                ft = ft.with_method_value(m, k, v).map_err(|(_, msg)| (key(k), msg))?;
+                point.insert(k.clone(), v.clone());
+            }
+            out.push(GridRun { method: m, point, finetune: ft });
+        }
+        Ok(out)
+    }
+}
+
+/// Grid values per key, per method (`[forgetting.grid.sparse_memory]`, `.lora`, `.full`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForgettingGrid {
+    pub sparse_memory: std::collections::BTreeMap<String, Vec<toml::Value>>,
+    pub lora: std::collections::BTreeMap<String, Vec<toml::Value>>,
+    pub full: std::collections::BTreeMap<String, Vec<toml::Value>>,
+}
+
+impl ForgettingGrid {
+    pub fn get(&self, m: MethodKind) -> &std::collections::BTreeMap<String, Vec<toml::Value>> {
+        match m {
+            MethodKind::SparseMemory => &self.sparse_memory,
+            MethodKind::Lora => &self.lora,
+            MethodKind::Full => &self.full,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -233,6 +646,21 @@ impl ExperimentConfig {
         if !(0.0..=1.0).contains(&self.data.qa_fraction) {
             return bad("data.qa_fraction", "must be in [0, 1]");
         }
+        self.finetune.validate()?;
+        if self.background.batches == 0 || self.background.batch_size == 0 {
+            return bad("background.batches", "background.batches and background.batch_size must be > 0");
+        }
+        if self.background.seq_len == 1 || self.background.seq_len > self.model.max_position_embeddings {
+            return bad("background.seq_len", "must be 0 (train.seq_len) or in [2, model.max_position_embeddings]");
+        }
+        let f = &self.forgetting;
+        if f.methods.is_empty() {
+            return bad("forgetting.methods", "lists no method");
+        }
+        if !(0.0..=1.0).contains(&f.match_tolerance) {
+            return bad("forgetting.match_tolerance", "must be in [0, 1]");
+        }
+        f.runs(&self.finetune)?;
         Ok(())
     }
 

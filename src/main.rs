@@ -31,8 +31,9 @@ impl ConfigArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// End to end on built-in defaults: synthesise a world, train a tokenizer, pretrain a tiny
-    /// model, report closed-book QA accuracy.
+    /// End to end on built-in defaults: the quick learning-vs-forgetting benchmark (synthetic
+    /// world, tokenizer, a small memory model pretrained or reused, sparse memory finetuning vs
+    /// LoRA vs full finetuning); prints the table and where the plot is.
     Demo {
         #[command(flatten)]
         cfg: ConfigArgs,
@@ -114,6 +115,33 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Build the TF-IDF background index of a memory model's checkpoint (`[background]`: B
+    /// batches of its pretraining distribution) and store it there (`memory.background_df`).
+    Background {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Run directory or checkpoint folder (rewritten in place).
+        #[arg(long)]
+        model: PathBuf,
+    },
+    /// Learn new facts with one method (`[finetune]`: sparse-memory, lora or full); prints a JSON
+    /// line with QA on the new facts before and after.
+    Finetune {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Run directory or model folder to start from.
+        #[arg(long)]
+        model: PathBuf,
+        /// Method (overrides finetune.method).
+        #[arg(long)]
+        method: Option<String>,
+        /// Output folder (default: <run dir>/finetune-<method>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// LoRA: also write the adapters merged into the base as a model folder.
+        #[arg(long)]
+        merge: bool,
+    },
     /// Data utilities.
     Data {
         #[command(subcommand)]
@@ -161,6 +189,24 @@ enum TokenizerCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Learning vs forgetting: pretrain (or reuse) a small memory model, build its background
+    /// index, learn the same new facts with each method and grid point, measure new-fact QA and
+    /// retention; writes results.jsonl, results.md and pareto.png/.svg.
+    Forgetting {
+        /// Config (default: configs/forgetting.toml, built in).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override any config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The small preset (the config's `forgetting.quick` overrides): for tests and the demo.
+        #[arg(long)]
+        quick: bool,
+        /// Only redo results.md and the plot from the results folder's results.jsonl and
+        /// pretrained.json (nothing is trained).
+        #[arg(long)]
+        report: bool,
+    },
     /// Time training steps of a config; prints one JSON line (tokens_per_s, step_ms, peak_rss_mb).
     Step {
         #[command(flatten)]
@@ -208,11 +254,9 @@ fn run(cli: Cli) -> Result<()> {
     use memtune::{bench, data, eval, train};
     match cli.command {
         Command::Demo { cfg } => {
-            let cfg = match &cfg.config {
-                Some(_) => cfg.load()?,
-                None => bench::demo::default_config(&cfg.set)?,
-            };
-            bench::demo::run(&cfg)
+            let cfg = bench::demo::config(cfg.config.as_deref(), &cfg.set)?;
+            bench::demo::run(&cfg)?;
+            Ok(())
         }
         Command::Pretrain { cfg, resume, stop_after } => {
             let out = train::pretrain::run_until(&cfg.load()?, resume, stop_after)?;
@@ -245,10 +289,32 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Command::Background { cfg, model } => {
+            let report = train::background::background_command(&model, &cfg.load()?.background)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Finetune { cfg, model, method, out, merge } => {
+            let mut sets = cfg.set.clone();
+            if let Some(m) = method {
+                sets.insert(0, format!("finetune.method=\"{m}\""));
+            }
+            let cfg = ExperimentConfig::load(cfg.config.as_deref(), &sets)?;
+            let report = bench::finetune::finetune_command(&model, &cfg, out.as_deref(), merge)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Inspect { cfg, model, texts, batches, top } => {
             cfg.load()?;
             let report = eval::inspect::inspect_command(&model, &texts, batches, top)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Forgetting { config, set, quick, report } } => {
+            let cfg = bench::forgetting::load_config(config.as_deref(), quick, &set)?;
+            let out = if report { bench::forgetting::report_only(&cfg, quick)? } else { bench::forgetting::run(&cfg, quick)? };
+            println!("{}", out.table);
+            println!("results: {}\nplot: {} (and .svg)", out.out.join("results.jsonl").display(), out.out.join("pareto.png").display());
             Ok(())
         }
         Command::Bench { command: BenchCommand::Memory { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps } } => {

@@ -32,6 +32,10 @@ pub struct Batch {
     pub targets: Vec<u32>,
     pub batch: usize,
     pub seq: usize,
+    /// For each of the batch·seq input positions, whether it is a real token; `None`: all are
+    /// (packed batches). The training loop hands it to `ForwardCtx::token_mask`, so padding is
+    /// left out of memory access accounting (its targets are `IGNORE_INDEX`, so it has no loss).
+    pub mask: Option<Vec<bool>>,
 }
 
 impl Batch {
@@ -178,7 +182,7 @@ impl<S: DocSource> BatchSource for PackedStream<S> {
             inputs.extend_from_slice(&buf[r * t..(r + 1) * t]);
             targets.extend_from_slice(&buf[r * t + 1..(r + 1) * t + 1]);
         }
-        Ok(Batch { inputs, targets, batch: b, seq: t })
+        Ok(Batch { inputs, targets, batch: b, seq: t, mask: None })
     }
 
     fn position(&self) -> DataPosition {
@@ -411,6 +415,56 @@ impl PaddedBatch {
     pub fn n_target_tokens(&self) -> usize {
         self.targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
     }
+
+    /// As a training [`Batch`] whose mask marks the real tokens.
+    pub fn to_batch(&self) -> Batch {
+        Batch {
+            inputs: self.inputs.clone(),
+            targets: self.targets.clone(),
+            batch: self.batch,
+            seq: self.seq,
+            mask: Some(self.mask.iter().map(|&m| m != 0).collect()),
+        }
+    }
+}
+
+/// A fixed list of batches, each served `repeat` times in a row, then the next; an error after
+/// the last. `position` reports how many batches were drawn (kind "list").
+pub struct BatchList {
+    batches: Vec<Batch>,
+    repeat: usize,
+    drawn: u64,
+}
+
+impl BatchList {
+    pub fn new(batches: Vec<Batch>, repeat: usize) -> Result<Self> {
+        if repeat == 0 {
+            bail!("a batch list needs repeat ≥ 1");
+        }
+        Ok(Self { batches, repeat, drawn: 0 })
+    }
+
+    /// Batches it will serve in all.
+    pub fn len(&self) -> usize {
+        self.batches.len() * self.repeat
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+impl BatchSource for BatchList {
+    fn next_batch(&mut self) -> Result<Batch> {
+        let i = self.drawn as usize / self.repeat;
+        let b = self.batches.get(i).ok_or_else(|| anyhow::anyhow!("the batch list is used up after {} batches", self.len()))?.clone();
+        self.drawn += 1;
+        Ok(b)
+    }
+
+    fn position(&self) -> DataPosition {
+        DataPosition { kind: "list".into(), fingerprint: String::new(), seed: 0, next_doc: self.drawn, doc_offset: 0, batches: self.drawn }
+    }
 }
 
 #[cfg(test)]
@@ -522,5 +576,12 @@ mod tests {
         assert_eq!((i.dims(), t.dims(), m.dims()), (&[1, 4][..], &[1, 4][..], &[1, 4][..]));
         assert!(PaddedBatch::from_sequences(&[vec![1]], 0).is_err());
         assert!(PaddedBatch::from_sequences(&[], 0).is_err());
+        let b = pb.to_batch();
+        assert_eq!(b.mask, Some(vec![true, true, true, true, false, false]));
+        assert_eq!((b.inputs, b.targets), (pb.inputs.clone(), pb.targets.clone()));
+        let mut list = BatchList::new(vec![pb.to_batch(), pc.to_batch()], 2).unwrap();
+        let got: Vec<usize> = (0..4).map(|_| list.next_batch().unwrap().seq).collect();
+        assert_eq!(got, [3, 3, 4, 4]);
+        assert!(list.next_batch().is_err());
     }
 }

@@ -118,3 +118,43 @@ pub fn generate_text(model_dir: &std::path::Path, prompt: &str, opts: &GenerateO
     let out: Vec<u32> = out.into_iter().filter(|&t| t != m.tokenizer.eos_id()).collect();
     m.tokenizer.decode(&out)
 }
+
+/// Greedy continuations of several prompts of one length, decoded as one batch with a shared KV
+/// cache (no padding is needed, so each row's result is what `generate` gives it alone, up to
+/// floating-point summation order). A row stops after a stop token; the batch stops when every
+/// row has, or after `max_new_tokens`.
+pub fn greedy_batch(model: &Llama, prompts: &[Vec<u32>], max_new_tokens: usize, stop_tokens: &[u32]) -> Result<Vec<Vec<u32>>> {
+    let Some(first) = prompts.first() else { return Ok(vec![]) };
+    let t = first.len();
+    anyhow::ensure!(t > 0, "generation needs a non-empty prompt");
+    anyhow::ensure!(prompts.iter().all(|p| p.len() == t), "greedy_batch: prompts must have one length");
+    let max_pos = model.cfg.max_position_embeddings;
+    anyhow::ensure!(t < max_pos, "prompt of {t} tokens leaves no room under max_position_embeddings = {max_pos}");
+    let b = prompts.len();
+    let dev = model.device();
+    let mut ctx = ForwardCtx::inference();
+    let mut cache = KvCache::new(model.cfg.num_hidden_layers);
+    let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
+    let input = Tensor::from_vec(flat, (b, t), dev)?;
+    let logits = model.forward(&input, Some(&mut cache), &mut ctx)?; // (b·t, V)
+    let last = logits.reshape((b, t, ()))?.i((.., t - 1))?.to_vec2::<f32>()?;
+    let mut next: Vec<u32> = last.iter().map(|row| argmax(row)).collect();
+    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    let budget = max_new_tokens.min(max_pos - t);
+    for step in 0..budget {
+        for i in 0..b {
+            if !done[i] {
+                outs[i].push(next[i]);
+                done[i] = stop_tokens.contains(&next[i]);
+            }
+        }
+        if done.iter().all(|d| *d) || step + 1 == budget {
+            break;
+        }
+        let input = Tensor::new(next.as_slice(), dev)?.unsqueeze(1)?; // (b, 1)
+        let logits = model.forward(&input, Some(&mut cache), &mut ctx)?.to_vec2::<f32>()?;
+        next = logits.iter().map(|row| argmax(row)).collect();
+    }
+    Ok(outs)
+}

@@ -1,6 +1,8 @@
 //! Training: optimisers (dense, and sparse for the memory value table), schedules, clipping, the
 //! training loop.
 
+pub mod background;
+pub mod methods;
 pub mod optim;
 pub mod schedule;
 pub mod pretrain;

@@ -14,7 +14,6 @@ use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 /// Checkpoint name of the document-frequency table (u32, one entry per slot).
 pub const BACKGROUND_DF_NAME: &str = "memory.background_df";
@@ -39,7 +38,7 @@ impl BackgroundIndex {
         for b in 0..batches {
             let batch = source.next_batch()?;
             let (inputs, _) = batch.to_tensors(&dev)?;
-            let mut ctx = ForwardCtx::default();
+            let mut ctx = ForwardCtx { token_mask: batch.mask.clone(), ..Default::default() };
             model.forward(&inputs, None, &mut ctx)?;
             let mut touched = vec![];
             for t in &ctx.memory {
@@ -78,17 +77,8 @@ impl BackgroundIndex {
     }
 }
 
-/// How accessed slots are ranked.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Ranking {
-    /// tf · idf against the background index (the method).
-    Tfidf,
-    /// tf alone (ablation: no background).
-    Tf,
-    /// A random subset of the accessed slots (ablation).
-    Random,
-}
+/// How accessed slots are ranked (defined with the configs, `[finetune.sparse_memory] ranking`).
+pub use crate::config::Ranking;
 
 /// The top-t rows of a batch's accessed slots (`top_t = None`: all of them).
 pub struct TfIdfSelect {

@@ -63,7 +63,8 @@ impl<'a> Trainer<'a> {
             let batch = source.next_batch()?;
             tokens += batch.batch * batch.seq;
             let (inputs, targets) = batch.to_tensors(&dev)?;
-            let mut ctx = ForwardCtx { skip_memory_traces: self.values.is_none(), ..Default::default() };
+            // Padding (a batch's mask) is excluded from memory access accounting.
+            let mut ctx = ForwardCtx { skip_memory_traces: self.values.is_none(), token_mask: batch.mask.clone(), ..Default::default() };
             let loss = self.model.loss(&inputs, &targets, &mut ctx)?;
             let l = loss.to_scalar::<f32>()?;
             if !l.is_finite() {

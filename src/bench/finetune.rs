@@ -1,0 +1,184 @@
+//! `memtune finetune`: learn a stream of new facts with one method (`[finetune] method`) and
+//! report closed-book QA on them before and after; save the result (a model folder, or for LoRA
+//! the adapters in PEFT's layout).
+
+use crate::config::{ExperimentConfig, FinetuneConfig, MethodKind};
+use crate::data::facts::{read_facts_jsonl, world_facts, Fact};
+use crate::data::synthetic::World;
+use crate::data::tokenizer::Tokenizer;
+use crate::eval::qa::{evaluate_batched, statement_completion, QaItem, QaReport};
+use crate::io::checkpoint::{Checkpoint, CheckpointMeta};
+use crate::model::lora::{merge_into_base, save_peft};
+use crate::model::pretrained::{load_model_dir, resolve_model_dir};
+use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore};
+use crate::train::background::{checkpoint_config, stored_index};
+use crate::train::methods::{finetune, prepare, FinetuneOutcome, Finetuned};
+use crate::train::trainer::StepStats;
+use crate::train::tfidf::{BackgroundIndex, BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A pretrained model loaded to be finetuned.
+pub struct Base {
+    /// The model folder read.
+    pub dir: PathBuf,
+    /// The experiment config it was trained with (memtune checkpoints only).
+    pub run_cfg: Option<ExperimentConfig>,
+    pub model_cfg: LlamaConfig,
+    pub store: ParamStore,
+    /// The base model over `store` (nothing trainable).
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub background: Option<BackgroundIndex>,
+    /// The synthetic world of its run, when it was trained on one.
+    pub world: Option<World>,
+}
+
+/// Load a memtune checkpoint (with its background index and synthetic world, if any) or any
+/// other model folder.
+pub fn load_base(dir: &Path, device: &Device) -> Result<Base> {
+    let dir = resolve_model_dir(dir);
+    if !Checkpoint::exists(&dir) {
+        let m = load_model_dir(&dir, device)?;
+        return Ok(Base { dir, run_cfg: None, model_cfg: m.model.cfg.clone(), store: m.store, model: m.model, tokenizer: m.tokenizer, background: None, world: None });
+    }
+    let ck = Checkpoint::load(&dir, device)?;
+    let cfg = checkpoint_config(&ck)?;
+    let background = stored_index(&ck.model, &ck.meta.model_metadata, &dir.join("model.safetensors"))?;
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let world = matches!(cfg.data.source, crate::config::DataSource::Synthetic).then(|| World::generate(&cfg.data.world));
+    let store = ParamStore::new();
+    let tensors: HashMap<String, Tensor> = ck.model.into_iter().filter(|(k, _)| k != BACKGROUND_DF_NAME).collect();
+    let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, tensors, device).with_trainable(|_| false))?;
+    Ok(Base { dir, model_cfg: cfg.model.clone(), run_cfg: Some(cfg), store, model, tokenizer, background, world })
+}
+
+/// The facts `ft` asks for: from `ft.facts_file`, or the world's new people.
+pub fn facts_for(ft: &FinetuneConfig, world: Option<&World>) -> Result<Vec<Fact>> {
+    if !ft.facts_file.is_empty() {
+        return read_facts_jsonl(Path::new(&ft.facts_file), ft.facts);
+    }
+    let w = world.context("no facts: set finetune.facts_file (the model was not trained on the synthetic world)")?;
+    anyhow::ensure!(!w.new_people.is_empty(), "the synthetic world has no new people (data.world.n_new_people = 0); set finetune.facts_file");
+    Ok(world_facts(w, ft.facts, ft.paraphrases, ft.seed))
+}
+
+/// QA items testing `facts`: the first `per_fact` questions of each (all when 0).
+pub fn fact_items(facts: &[Fact], per_fact: usize) -> Vec<QaItem> {
+    facts
+        .iter()
+        .flat_map(|f| {
+            let n = if per_fact == 0 { f.questions.len() } else { per_fact.min(f.questions.len()) };
+            f.questions[..n].iter().map(|q| QaItem { question: q.question.clone(), answers: q.answers.clone() })
+        })
+        .collect()
+}
+
+/// Finetune a copy of `base` on `facts` with `ft.method`; `on_step(stats, total_steps)`.
+pub fn run_method(base: &Base, ft: &FinetuneConfig, facts: &[Fact], mut on_step: impl FnMut(&StepStats, usize)) -> Result<(Finetuned, FinetuneOutcome)> {
+    let batches = facts.iter().map(|f| f.batch(&base.tokenizer, ft.paraphrases)).collect::<Result<Vec<_>>>()?;
+    let p = prepare(ft, &base.model_cfg, &base.store, base.background.as_ref(), base.model.device())?;
+    let total = batches.len() * p.steps_per_fact;
+    finetune(p, batches, |s| on_step(s, total))
+}
+
+/// What `memtune finetune` prints.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FinetuneReport {
+    pub method: MethodKind,
+    pub facts: usize,
+    pub steps: usize,
+    pub seconds: f64,
+    pub mean_first_loss: f32,
+    pub mean_last_loss: f32,
+    /// Closed-book QA on the new facts' questions (absent when the facts have none).
+    pub new_fact_before: Option<QaReport>,
+    pub new_fact_after: Option<QaReport>,
+    /// Statement completion on the facts' own statements (the first word after the text that
+    /// precedes the answer), before and after.
+    pub statement_before: Option<QaReport>,
+    pub statement_after: Option<QaReport>,
+    /// Where the result was written.
+    pub out: String,
+}
+
+/// `memtune finetune`.
+pub fn finetune_command(model_dir: &Path, cfg: &ExperimentConfig, out: Option<&Path>, merge: bool) -> Result<FinetuneReport> {
+    let ft = &cfg.finetune;
+    let base = load_base(model_dir, &Device::Cpu)?;
+    let facts = facts_for(ft, base.world.as_ref())?;
+    let items = fact_items(&facts, 0);
+    let eval = |m: &Llama| -> Result<(Option<QaReport>, Option<QaReport>)> {
+        if items.is_empty() {
+            return Ok((None, None));
+        }
+        Ok((Some(evaluate_batched(m, &base.tokenizer, &items)?.0), Some(statement_completion(m, &base.tokenizer, &facts)?)))
+    };
+    let (before, statement_before) = eval(&base.model)?;
+    let bar = crate::util::progress_bar(&format!("finetune {}", ft.method.name()), 0);
+    let (tuned, outcome) = run_method(&base, ft, &facts, |s, total| {
+        bar.set_length(total as u64);
+        bar.set_position(s.step as u64);
+        bar.set_message(format!("loss {:.3}", s.loss));
+    })?;
+    bar.finish_and_clear();
+    let (after, statement_after) = eval(&tuned.model)?;
+    let out = out.map(PathBuf::from).unwrap_or_else(|| {
+        let run = if base.dir.ends_with(crate::train::pretrain::CHECKPOINT_DIR) { base.dir.parent().unwrap_or(&base.dir).to_path_buf() } else { base.dir.clone() };
+        run.join(format!("finetune-{}", ft.method.name()))
+    });
+    save_finetuned(&base, cfg, &tuned, &out, merge)?;
+    Ok(FinetuneReport {
+        method: ft.method,
+        facts: facts.len(),
+        steps: outcome.steps,
+        seconds: outcome.seconds,
+        mean_first_loss: outcome.mean_first_loss,
+        mean_last_loss: outcome.mean_last_loss,
+        new_fact_before: before,
+        new_fact_after: after,
+        statement_before,
+        statement_after,
+        out: out.display().to_string(),
+    })
+}
+
+/// Write a finetuned model under `out`: LoRA → `out/adapter/` (PEFT layout), plus with `merge`
+/// the merged model in `out/checkpoint/`; other methods → `out/checkpoint/` (a model folder that
+/// keeps the base's background index).
+pub fn save_finetuned(base: &Base, cfg: &ExperimentConfig, tuned: &Finetuned, out: &Path, merge: bool) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut tensors = if tuned.method == MethodKind::Lora {
+        let lc = cfg.finetune.lora.lora();
+        save_peft(&tuned.store, &lc, &base.dir.display().to_string(), &out.join("adapter"))?;
+        if !merge {
+            return Ok(());
+        }
+        // Merged on a copy: `tuned` stays the adapted model.
+        let store = tuned.store.deep_clone()?;
+        merge_into_base(&store, &lc)?;
+        store.tensors()
+    } else {
+        tuned.store.tensors()
+    };
+    let mut meta = CheckpointMeta {
+        step: 0,
+        trainer: serde_json::json!({ "finetune": { "method": tuned.method.name(), "base": base.dir.display().to_string() } }),
+        model_config: base.model_cfg.to_hf_json(),
+        experiment_toml: {
+            let mut c = base.run_cfg.clone().unwrap_or_else(|| cfg.clone());
+            c.model = base.model_cfg.clone();
+            c.finetune = cfg.finetune.clone();
+            c.to_toml()
+        },
+        extra_files: [("tokenizer.json".to_string(), base.tokenizer.to_json_bytes()?)].into(),
+        ..Default::default()
+    };
+    if let Some(ix) = &base.background {
+        tensors.insert(BACKGROUND_DF_NAME.to_string(), ix.to_tensor()?);
+        meta.model_metadata.insert(BACKGROUND_BATCHES_KEY.to_string(), ix.batches.to_string());
+    }
+    Checkpoint::save(&out.join(crate::train::pretrain::CHECKPOINT_DIR), &tensors, &HashMap::new(), &meta)
+}

@@ -1,0 +1,139 @@
+//! Finetuning methods: small types given to the one training loop (`trainer::Trainer`), never
+//! branches inside it (DESIGN.md §5). Each prepares, over a deep copy of the base weights, a model
+//! built with the right parameters trainable, the dense names its optimiser owns, that optimiser,
+//! and how the memory values are updated:
+//!
+//! | method | model built with | dense optimiser | memory values |
+//! |---|---|---|---|
+//! | `sparse-memory` | everything frozen | none | plain SGD on the top-t rows of each batch by TF-IDF (`tfidf::TfIdfSelect`) |
+//! | `lora` | adapters on the target linears, only they trainable | AdamW on the adapters | frozen |
+//! | `full` | every dense weight trainable | AdamW | lazy AdamW (when the model has memory) |
+//!
+//! Facts are learned one after another: each fact's batch is trained on `steps_per_fact` times,
+//! at a constant learning rate, before the next (DESIGN.md §4b).
+
+use super::optim::{default_groups, AdamW, AdamWParams, Optimizer};
+use super::sparse_values::{LazyAdamW, SparseSgd, ValueUpdate};
+use super::tfidf::{BackgroundIndex, TfIdfSelect};
+use super::trainer::{dense_names, StepStats, Trainer};
+use crate::config::{FinetuneConfig, MethodKind, Ranking, ScheduleKind, TrainConfig};
+use crate::data::batches::{Batch, BatchList};
+use crate::model::config::ValueOptimizerKind;
+use crate::model::lora::adapter_names;
+use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore};
+use anyhow::{bail, Result};
+use candle_core::Device;
+
+/// A method ready to train: its own copy of the weights, the model over them, and what the loop
+/// updates.
+pub struct Prepared {
+    pub method: MethodKind,
+    /// A deep copy of the base weights (plus adapters for LoRA); the model shares its storage.
+    pub store: ParamStore,
+    pub model: Llama,
+    /// Dense parameters the optimiser owns (never `memory.values`).
+    pub trainable: Vec<String>,
+    pub optimizer: Box<dyn Optimizer>,
+    /// `None`: the memory values stay frozen.
+    pub values: Option<Box<dyn ValueUpdate>>,
+    /// The loop's settings: constant lr, no warmup, the method's clipping.
+    pub train: TrainConfig,
+    pub steps_per_fact: usize,
+}
+
+/// Build `ft.method` over a copy of `base` (the weights of a model of config `cfg`). Sparse memory
+/// finetuning needs a memory layer, and with `ranking = "tfidf"` the background index.
+pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, background: Option<&BackgroundIndex>, device: &Device) -> Result<Prepared> {
+    let store = base.deep_clone()?;
+    let hp = AdamWParams { beta1: ft.beta1, beta2: ft.beta2, eps: ft.eps };
+    let memory = cfg.memory.as_ref().filter(|m| !m.layers.is_empty());
+    let train = |lr: f64, grad_clip: f64| TrainConfig { lr, grad_clip, schedule: ScheduleKind::Constant, warmup_steps: 0, grad_accum: 1, ..Default::default() };
+    Ok(match ft.method {
+        MethodKind::SparseMemory => {
+            let sm = &ft.sparse_memory;
+            if memory.is_none() {
+                bail!("method `sparse-memory` needs a model with a memory layer (model.memory.layers)");
+            }
+            let model = Llama::new(cfg, &ParamBuilder::existing(&store, device).with_trainable(|_| false))?;
+            let index = match sm.ranking {
+                Ranking::Tfidf => Some(background.cloned().ok_or_else(|| {
+                    anyhow::anyhow!("ranking = \"tfidf\" needs a background index: run `memtune background` on the checkpoint first")
+                })?),
+                _ => None,
+            };
+            let select = TfIdfSelect::new(sm.ranking, sm.top_t.0, index, ft.seed)?;
+            let optimizer = Box::new(AdamW::new(&store, vec![], hp)?);
+            let values: Box<dyn ValueUpdate> = Box::new(SparseSgd::with_selector(sm.lr, Box::new(select)));
+            Prepared { method: ft.method, store, model, trainable: vec![], optimizer, values: Some(values), train: train(sm.lr, sm.grad_clip), steps_per_fact: sm.steps_per_fact }
+        }
+        MethodKind::Lora => {
+            let lo = &ft.lora;
+            let pb = ParamBuilder::existing(&store, device).with_init_missing(ft.seed).with_lora(lo.lora()).with_trainable(|n| n.contains(".lora_"));
+            let model = Llama::new(cfg, &pb)?;
+            let names = adapter_names(&store);
+            if names.is_empty() {
+                bail!("LoRA: no linear layer matches finetune.lora.targets = {:?}", lo.targets);
+            }
+            let optimizer = Box::new(AdamW::new(&store, default_groups(&store, &names, lo.weight_decay), hp)?);
+            Prepared { method: ft.method, store, model, trainable: names, optimizer, values: None, train: train(lo.lr, lo.grad_clip), steps_per_fact: lo.steps_per_fact }
+        }
+        MethodKind::Full => {
+            let fu = &ft.full;
+            let model = Llama::new(cfg, &ParamBuilder::existing(&store, device))?;
+            let names = dense_names(&store);
+            let optimizer = Box::new(AdamW::new(&store, default_groups(&store, &names, fu.weight_decay), hp)?);
+            let values: Option<Box<dyn ValueUpdate>> = memory.map(|m| {
+                let rowwise = m.value_optimizer.resolve(m.n_slots()) == ValueOptimizerKind::AdamwRowwise;
+                Box::new(LazyAdamW::new(m.n_slots(), m.v_dim, fu.value_lr.unwrap_or(fu.lr), hp, 0.0, rowwise)) as Box<dyn ValueUpdate>
+            });
+            Prepared { method: ft.method, store, model, trainable: names, optimizer, values, train: train(fu.lr, fu.grad_clip), steps_per_fact: fu.steps_per_fact }
+        }
+    })
+}
+
+/// What a finetuning run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FinetuneOutcome {
+    /// Optimiser steps (facts × steps_per_fact).
+    pub steps: usize,
+    pub seconds: f64,
+    /// Mean training loss over the first step of each fact (the loss before learning it).
+    pub mean_first_loss: f32,
+    /// Mean training loss over the last step of each fact.
+    pub mean_last_loss: f32,
+}
+
+/// The weights after finetuning (the model shares the store's storage).
+pub struct Finetuned {
+    pub method: MethodKind,
+    pub store: ParamStore,
+    pub model: Llama,
+}
+
+/// Learn the facts' batches in order, each `steps_per_fact` times, with the one training loop.
+/// `on_step` sees every step's stats. The optimiser state is dropped at the end.
+pub fn finetune(p: Prepared, facts: Vec<Batch>, mut on_step: impl FnMut(&StepStats)) -> Result<(Finetuned, FinetuneOutcome)> {
+    let n_facts = facts.len();
+    let k = p.steps_per_fact;
+    let steps = n_facts * k;
+    let mut source = BatchList::new(facts, k)?;
+    let Prepared { method, model, store, trainable, optimizer, values, train, .. } = p;
+    let cfg = TrainConfig { steps, ..train };
+    let mut trainer = Trainer { model: &model, store: &store, trainable, optimizer, values, cfg };
+    let t0 = std::time::Instant::now();
+    let (mut first, mut last) = (0.0f64, 0.0f64);
+    for s in 0..steps {
+        let st = trainer.step(&mut source, s)?;
+        if s % k == 0 {
+            first += st.loss as f64;
+        }
+        if s % k == k - 1 {
+            last += st.loss as f64;
+        }
+        on_step(&st);
+    }
+    drop(trainer);
+    let n = n_facts.max(1) as f64;
+    let outcome = FinetuneOutcome { steps, seconds: t0.elapsed().as_secs_f64(), mean_first_loss: (first / n) as f32, mean_last_loss: (last / n) as f32 };
+    Ok((Finetuned { method, store, model }, outcome))
+}
