@@ -22,6 +22,37 @@ pub struct ExperimentConfig {
     pub finetune: FinetuneConfig,
     /// `memtune bench forgetting`: the learning-vs-forgetting grid.
     pub forgetting: ForgettingConfig,
+    /// `memtune pretrain` from a trained model (continued pretraining, memory retrofit).
+    pub init: InitConfig,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Starting from a trained model.
+
+/// What continued pretraining from `[init] model` trains.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InitTrainable {
+    /// Every weight.
+    #[default]
+    All,
+    /// Only the memory layers (query, keys, W1, W2, gate, values): the pretrained weights stay
+    /// bit-identical.
+    Memory,
+}
+
+/// `[init]`: start `memtune pretrain` from a trained model instead of random weights. The
+/// architecture and tokenizer come from the model's folder (its `config.json` and
+/// `tokenizer.json`); of the experiment's `[model]` only `[model.memory]` is used, so a memory
+/// layer can be added (`placement = "parallel"` keeps the outputs unchanged at step 0). Tensors
+/// the model lacks (the memory's) are initialised from `train.seed`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitConfig {
+    /// A model folder, a run directory, or an hf-hub repo id in the local cache; empty: random
+    /// initialisation from `[model]`.
+    pub model: String,
+    pub trainable: InitTrainable,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,9 +640,11 @@ impl ExperimentConfig {
                 MemtuneError::BadConfigValue { file: file.into(), key, msg }
             }
         })?;
-        cfg.model
-            .validate()
-            .map_err(|m| MemtuneError::BadConfigValue { file: file.into(), key: "model".into(), msg: m })?;
+        // With `[init] model` the architecture comes from that model's config.json; it is checked
+        // once known (`pretrain::with_init_model`).
+        if cfg.init.model.is_empty() {
+            cfg.model.validate().map_err(|m| MemtuneError::BadConfigValue { file: file.into(), key: "model".into(), msg: m })?;
+        }
         cfg.validate().map_err(|(key, msg)| MemtuneError::BadConfigValue { file: file.into(), key, msg })?;
         Ok(cfg)
     }
@@ -625,7 +658,7 @@ impl ExperimentConfig {
         if t.seq_len < 2 {
             return bad("train.seq_len", "must be ≥ 2");
         }
-        if t.seq_len > self.model.max_position_embeddings {
+        if t.seq_len > self.model.max_position_embeddings && self.init.model.is_empty() {
             return bad("train.seq_len", "exceeds model.max_position_embeddings");
         }
         if t.grad_accum == 0 {
@@ -650,7 +683,7 @@ impl ExperimentConfig {
         if self.background.batches == 0 || self.background.batch_size == 0 {
             return bad("background.batches", "background.batches and background.batch_size must be > 0");
         }
-        if self.background.seq_len == 1 || self.background.seq_len > self.model.max_position_embeddings {
+        if self.background.seq_len == 1 || (self.background.seq_len > self.model.max_position_embeddings && self.init.model.is_empty()) {
             return bad("background.seq_len", "must be 0 (train.seq_len) or in [2, model.max_position_embeddings]");
         }
         let f = &self.forgetting;

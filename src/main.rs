@@ -239,6 +239,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// Prefill and decode speed with the KV cache (greedy, random prompt tokens) of a model
+    /// folder, or of a config's architecture with random weights; prints one JSON line.
+    Generate {
+        /// Model folder, run directory or cached hf-hub repo id (default: random weights of --config).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() {
@@ -251,7 +270,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    use memtune::{bench, data, eval, train};
+    use memtune::{bench, data, eval, model, train};
     match cli.command {
         Command::Demo { cfg } => {
             let cfg = bench::demo::config(cfg.config.as_deref(), &cfg.set)?;
@@ -334,6 +353,21 @@ fn run(cli: Cli) -> Result<()> {
             let tok = data::tokenizer::train_from_files(&inputs, vocab_size)?;
             tok.save(&out)?;
             eprintln!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Generate { model, cfg, prompt_tokens, new_tokens, batch, warmup, runs } } => {
+            let o = bench::generate::GenerateBenchOptions { prompt_tokens, new_tokens, batch, warmup, runs, seed: 0 };
+            let report = match model {
+                Some(dir) => {
+                    let m = model::pretrained::load_model_dir(&dir, &candle_core::Device::Cpu)?;
+                    bench::generate::run(&m.model, m.store.num_elements(), &o)?
+                }
+                None => {
+                    let b = bench::step::StepBench::new(&cfg.load()?)?;
+                    bench::generate::run(&b.model, b.store.num_elements(), &o)?
+                }
+            };
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Bench { command: BenchCommand::Step { cfg, warmup, steps } } => {

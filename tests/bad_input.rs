@@ -99,3 +99,20 @@ fn diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     assert_eq!(ck.meta.step, 4);
     assert_eq!(std::fs::read(&model).unwrap(), before, "the last good checkpoint was touched");
 }
+
+/// Every config shipped in configs/ parses (no unknown or ill-typed key) and its model validates.
+#[test]
+fn every_shipped_config_loads() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg = memtune::config::ExperimentConfig::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            if cfg.init.model.is_empty() {
+                cfg.model.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "only {n} configs found");
+}

@@ -1,8 +1,10 @@
-//! Benchmarks and end-to-end pipelines: training-step speed, the memory layer alone, the demo.
+//! Benchmarks and end-to-end pipelines: training-step and generation speed, the memory layer
+//! alone, finetuning, the forgetting benchmark, the demo.
 
 pub mod demo;
 pub mod finetune;
 pub mod forgetting;
+pub mod generate;
 pub mod memory;
 pub mod plot;
 pub mod step;

@@ -287,7 +287,8 @@ fn save_impl(
     fault("backup")?;
     commit(dir, fault)?;
     for d in [dir.join(PREV_DIR), new] {
-        if let Err(e) = fs::remove_dir_all(&d) {
+        // No backup exists when this save is the first: nothing to remove.
+        if let Err(e) = fs::remove_dir_all(&d).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
             tracing::warn!("checkpoint saved, but {} could not be removed: {e}", d.display());
         }
     }

@@ -87,6 +87,10 @@ pub struct MemoryConfig {
     /// Learning rate of the values (under the same schedule as the dense lr).
     pub value_lr: f64,
     pub value_optimizer: ValueOptimizerKind,
+    /// `placement = "parallel"`: initial value of the learnable per-channel gate on the memory's
+    /// output (`model.layers.N.memory.gate`). Not 0: the values start at 0 instead (so the
+    /// model's outputs are unchanged at step 0) and get their gradient through the gate.
+    pub gate_init: f64,
 }
 
 impl Default for MemoryConfig {
@@ -102,6 +106,7 @@ impl Default for MemoryConfig {
             qk_norm: false,
             value_lr: 1e-3,
             value_optimizer: ValueOptimizerKind::Auto,
+            gate_init: 1.0,
         }
     }
 }
@@ -144,6 +149,9 @@ impl MemoryConfig {
         }
         if !(self.value_lr.is_finite() && self.value_lr >= 0.0) {
             return Err(format!("{} must be a finite number ≥ 0", k("value_lr")));
+        }
+        if self.placement == MemoryPlacement::Parallel && !(self.gate_init.is_finite() && self.gate_init != 0.0) {
+            return Err(format!("{} must be finite and non-zero: with a zero gate the values get no gradient", k("gate_init")));
         }
         Ok(())
     }

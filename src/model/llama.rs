@@ -155,7 +155,7 @@ impl Llama {
                     let mem = MemoryLayer::new(cfg, m, &lp.pp("memory"), i, v)?;
                     Ok(match m.placement {
                         MemoryPlacement::Replace => Box::new(mem),
-                        MemoryPlacement::Parallel => Box::new(ParallelMemory { mlp: mlp()?, memory: mem }),
+                        MemoryPlacement::Parallel => Box::new(ParallelMemory::new(mlp()?, mem, &lp.pp("memory"), cfg.hidden_size)?),
                     })
                 }
                 _ => Ok(Box::new(mlp()?)),

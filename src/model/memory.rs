@@ -208,16 +208,31 @@ impl FeedForward for MemoryLayer {
     }
 }
 
-/// A memory layer beside the MLP: mlp(x) + memory(x).
+/// A memory layer beside the MLP, for retrofitting a trained model: mlp(x) + gate ⊙ memory(x).
+///
+/// The gate (d, learnable, `memory.gate_init`) lets training scale the memory's contribution per
+/// channel against the pretrained MLP's. The values start at 0 ([`value_table`]), so at step 0 the
+/// memory adds exactly 0 and the model computes what it computed before; the gate is non-zero, so
+/// the values still get their gradient (gate ⊙ W2 ⊙ silu(W1 x) through the softmax weights).
 pub struct ParallelMemory {
     pub mlp: SwiGluMlp,
     pub memory: MemoryLayer,
+    /// Per-channel gate (d) on the memory's output.
+    pub gate: Tensor,
+}
+
+impl ParallelMemory {
+    pub fn new(mlp: SwiGluMlp, memory: MemoryLayer, pb: &ParamBuilder, d: usize) -> Result<Self> {
+        let gate = pb.get(d, "gate", Init::Constant(memory.cfg.gate_init))?;
+        Ok(Self { mlp, memory, gate })
+    }
 }
 
 impl FeedForward for ParallelMemory {
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let a = self.mlp.forward(x, ctx)?;
-        Ok((a + self.memory.forward(x, ctx)?)?)
+        let m = self.memory.forward(x, ctx)?.broadcast_mul(&self.gate)?;
+        Ok((a + m)?)
     }
 }
 

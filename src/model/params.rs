@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 pub enum Init {
     Zeros,
     Ones,
+    Constant(f64),
     Normal { std: f64 },
     /// N(0, std²) drawn in parallel for large tables: chunk i of `INIT_CHUNK` elements comes from
     /// its own stream `rng_for(seed, "<name>/chunk-i")`, so the values do not depend on the number
@@ -249,6 +250,7 @@ fn init_values(shape: &Shape, init: Init, seed: u64, name: &str) -> Result<Vec<f
     let data: Vec<f32> = match init {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
+        Init::Constant(c) => vec![c as f32; n],
         Init::Normal { std } => {
             let d = Normal::new(0.0f32, std as f32)?;
             (0..n).map(|_| d.sample(&mut rng)).collect()

@@ -93,6 +93,7 @@ pub fn run(cfg: &ExperimentConfig, resume: bool) -> Result<PretrainOutcome> {
 /// As `run`, but stop (after writing a checkpoint) once `stop_after` steps are done: a session
 /// can be cut short and resumed later with the same schedule.
 pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>) -> Result<PretrainOutcome> {
+    let cfg = &with_init_model(cfg)?;
     let dir = PathBuf::from(&cfg.run.dir);
     let device = device_from(&cfg.run.device)?;
     let ckpt_dir = dir.join(CHECKPOINT_DIR);
@@ -115,8 +116,8 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
     let store = ParamStore::new();
     let (model, optimizer, values, start, pos) = if resume {
         let ck = Checkpoint::load(&ckpt_dir, &device)?;
-        let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, ck.model, &device))?;
-        let mut opt = make_optimizer(cfg, &store, &dense_names(&store))?;
+        let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, ck.model, &device).with_trainable(trainable_filter(cfg)))?;
+        let mut opt = make_optimizer(cfg, &store, &trainable_names(cfg, &store))?;
         opt.load_state(&ck.optimizer)?;
         let mut values = value_update_from_config(&cfg.model, &cfg.train);
         if let Some(v) = values.as_mut() {
@@ -126,8 +127,8 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
             .map_err(|e| MemtuneError::BadCheckpoint { path: ckpt_dir.clone(), msg: format!("trainer state has no valid data position: {e}") })?;
         (model, opt, values, ck.meta.step, Some(pos))
     } else {
-        let model = Llama::new(&cfg.model, &ParamBuilder::fresh(&store, cfg.train.seed, &device))?;
-        let opt = make_optimizer(cfg, &store, &dense_names(&store))?;
+        let model = init_model(cfg, &store, &device)?;
+        let opt = make_optimizer(cfg, &store, &trainable_names(cfg, &store))?;
         (model, opt, value_update_from_config(&cfg.model, &cfg.train), 0, None)
     };
     let mut source = training_stream(cfg, world.as_ref(), &tok, cfg.train.seed, pos.as_ref())?;
@@ -159,7 +160,7 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
         }
         Checkpoint::save(&ckpt_dir, &store.tensors(), &state, &meta)
     };
-    let trainable = dense_names(&store);
+    let trainable = trainable_names(cfg, &store);
     let mut trainer = Trainer { model: &model, store: &store, trainable, optimizer, values, cfg: cfg.train.clone() };
     let mut progress = Progress::new("pretrain", start, cfg.train.steps);
     let mut last = StepStats { step: start, loss: f32::NAN, lr: 0.0, grad_norm: 0.0, tokens: 0 };
@@ -183,6 +184,75 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
     save(end.max(start), trainer.optimizer.as_ref(), trainer.values.as_deref(), source.as_ref())?;
     drop(trainer);
     Ok(PretrainOutcome { dir, store, model, tokenizer: tok, final_loss: last.loss, steps: end.max(start) })
+}
+
+/// The model a run starts from (`cfg` as returned by [`with_init_model`]): random weights from
+/// `train.seed`, or those of `[init] model` with the tensors it lacks initialised from that seed;
+/// only what `init.trainable` names is trainable.
+pub fn init_model(cfg: &ExperimentConfig, store: &ParamStore, device: &Device) -> Result<Llama> {
+    let pb = if cfg.init.model.is_empty() {
+        ParamBuilder::fresh(store, cfg.train.seed, device)
+    } else {
+        let base = init_model_dir(cfg)?;
+        let tensors = crate::model::params::load_safetensors(&crate::model::pretrained::weight_files(&base)?, device)?;
+        tracing::info!("starting from {} ({} tensors; missing ones initialised from seed {})", base.display(), tensors.len(), cfg.train.seed);
+        ParamBuilder::from_tensors(store, tensors, device).with_init_missing(cfg.train.seed)
+    };
+    Llama::new(&cfg.model, &pb.with_trainable(trainable_filter(cfg)))
+}
+
+/// The folder of `[init] model` (a model folder, run directory or cached hf-hub repo id).
+pub fn init_model_dir(cfg: &ExperimentConfig) -> Result<PathBuf> {
+    let dir = crate::model::pretrained::resolve_model_dir(Path::new(&cfg.init.model));
+    crate::model::pretrained::check_model_dir(&dir).with_context(|| format!("init.model = {:?}", cfg.init.model))?;
+    Ok(dir)
+}
+
+/// `cfg` with `[init] model` applied: the architecture from the model's `config.json` with the
+/// experiment's `[model.memory]`, and its tokenizer (unless `data.tokenizer` names one). Without
+/// `[init] model`, `cfg` itself.
+pub fn with_init_model(cfg: &ExperimentConfig) -> Result<ExperimentConfig> {
+    let mut out = cfg.clone();
+    if cfg.init.model.is_empty() {
+        if cfg.init.trainable == crate::config::InitTrainable::Memory && cfg.model.memory.as_ref().is_none_or(|m| m.layers.is_empty()) {
+            anyhow::bail!("init.trainable = \"memory\" needs a memory layer (model.memory.layers)");
+        }
+        return Ok(out);
+    }
+    let dir = init_model_dir(cfg)?;
+    let base = crate::model::pretrained::load_config(&dir)?;
+    if base.memory.is_some() && cfg.model.memory.is_some() && base.memory != cfg.model.memory {
+        anyhow::bail!("init.model {} already has a memory layer that differs from [model.memory]; drop [model.memory] to keep it", dir.display());
+    }
+    let memory = cfg.model.memory.clone().or(base.memory.clone());
+    out.model = crate::model::LlamaConfig { memory, ..base };
+    out.model.validate().map_err(|e| anyhow::anyhow!("init.model {} with [model.memory]: {e}", dir.display()))?;
+    let max = out.model.max_position_embeddings;
+    anyhow::ensure!(cfg.train.seq_len <= max, "train.seq_len ({}) exceeds init.model's max_position_embeddings ({max})", cfg.train.seq_len);
+    if cfg.init.trainable == crate::config::InitTrainable::Memory && out.model.memory.as_ref().is_none_or(|m| m.layers.is_empty()) {
+        anyhow::bail!("init.trainable = \"memory\" needs a memory layer (model.memory.layers)");
+    }
+    if cfg.data.tokenizer.is_empty() {
+        out.data.tokenizer = dir.join("tokenizer.json").display().to_string();
+    }
+    Ok(out)
+}
+
+/// Which parameters train: all, or with `init.trainable = "memory"` those of the memory layers.
+fn trainable_filter(cfg: &ExperimentConfig) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+    let only_memory = cfg.init.trainable == crate::config::InitTrainable::Memory;
+    move |name: &str| !only_memory || is_memory_param(name)
+}
+
+/// A parameter of a memory layer (`model.layers.N.memory.*`) or the shared value table.
+pub fn is_memory_param(name: &str) -> bool {
+    name.contains(".memory.") || name == crate::model::VALUES_NAME
+}
+
+/// The dense parameters the optimiser owns.
+fn trainable_names(cfg: &ExperimentConfig, store: &ParamStore) -> Vec<String> {
+    let keep = trainable_filter(cfg);
+    dense_names(store).into_iter().filter(|n| keep(n)).collect()
 }
 
 /// The checkpoint's folder inside a run directory; it is also a loadable model folder.
