@@ -3,8 +3,8 @@
 
 use crate::config::ExperimentConfig;
 use crate::data::batches::{BatchSource, PackedStream};
-use crate::model::{Llama, ParamBuilder, ParamStore};
-use crate::train::pretrain::{device_from, make_optimizer};
+use crate::model::{Llama, ParamStore};
+use crate::train::pretrain::{device_from, init_model, make_optimizer, with_init_model};
 use crate::train::trainer::Trainer;
 use crate::util::rng_for;
 use anyhow::Result;
@@ -34,11 +34,13 @@ pub struct StepBench {
 }
 
 impl StepBench {
+    /// The model `pretrain` would start from: random weights of `[model]`, or `[init] model`.
     pub fn new(cfg: &ExperimentConfig) -> Result<Self> {
+        let cfg = with_init_model(cfg)?;
         let device = device_from(&cfg.run.device)?;
         let store = ParamStore::new();
-        let model = Llama::new(&cfg.model, &ParamBuilder::fresh(&store, cfg.train.seed, &device))?;
-        Ok(Self { store, model, cfg: cfg.clone() })
+        let model = init_model(&cfg, &store, &device)?;
+        Ok(Self { store, model, cfg })
     }
 
     /// A packed stream of random tokens: the step's cost does not depend on the text.
@@ -56,7 +58,7 @@ impl StepBench {
 
     pub fn trainer(&self) -> Result<Trainer<'_>> {
         // The memory value table (if any) is updated by the trainer's sparse value update.
-        let names = crate::train::trainer::dense_names(&self.store);
+        let names = crate::train::pretrain::trainable_names(&self.cfg, &self.store);
         let optimizer = make_optimizer(&self.cfg, &self.store, &names)?;
         Ok(Trainer::new(&self.model, &self.store, names, optimizer, self.cfg.train.clone()))
     }

@@ -250,7 +250,7 @@ pub fn is_memory_param(name: &str) -> bool {
 }
 
 /// The dense parameters the optimiser owns.
-fn trainable_names(cfg: &ExperimentConfig, store: &ParamStore) -> Vec<String> {
+pub fn trainable_names(cfg: &ExperimentConfig, store: &ParamStore) -> Vec<String> {
     let keep = trainable_filter(cfg);
     dense_names(store).into_iter().filter(|n| keep(n)).collect()
 }
