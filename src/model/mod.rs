@@ -2,6 +2,7 @@
 //! product-key memory layer in `memory`), and the named-parameter store they are built from.
 
 pub mod config;
+pub mod hub_cache;
 pub mod kv_cache;
 pub mod linear;
 pub mod lora;
