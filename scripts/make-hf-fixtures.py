@@ -3,6 +3,7 @@
 
 Writes, into tests/fixtures/:
   hf-tiny-llama/   a random LlamaForCausalLM (grouped-query attention, untied lm_head)
+  hf-tiny-llama3/  a random Llama 3.1-style model: "llama3" RoPE scaling, tied embeddings
   hf-tiny-qwen2/   a random Qwen2ForCausalLM (q/k/v bias, tied embeddings, an embedding table
                    padded past the tokenizer as real Qwen2 checkpoints have)
 each with config.json, model.safetensors (f32), tokenizer.json and expected_logits.json =
@@ -107,7 +108,7 @@ def write(out_dir, model, tok, input_ids):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="tests/fixtures", help="folder that gets hf-tiny-llama/ and hf-tiny-qwen2/")
+    ap.add_argument("--out", default="tests/fixtures", help="folder that gets hf-tiny-llama/, hf-tiny-llama3/ and hf-tiny-qwen2/")
     args = ap.parse_args()
     torch.manual_seed(SEED)
     tok = train_tokenizer()
@@ -142,6 +143,28 @@ def main():
     ).float()
     randomise(qwen, gen)
     write(os.path.join(args.out, "hf-tiny-qwen2"), qwen, tok, input_ids)
+
+    # Llama 3.1+ RoPE scaling; the short original context puts the head's 8 frequencies in all
+    # three bands (wavelength 6.3 < 32/4 kept, 21 blended, 71 and up > 32/1 divided by 8).
+    llama3 = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            rms_norm_eps=1e-5,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 20000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+            tie_word_embeddings=True,
+            attention_bias=False,
+            **COMMON,
+        )
+    ).float()
+    randomise(llama3, gen)
+    write(os.path.join(args.out, "hf-tiny-llama3"), llama3, tok, input_ids)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ fn checkpoints_memtune_would_compute_differently_are_refused_by_name() {
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     // RoPE scaling is refused, naming the key and the file.
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    cfg["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+    cfg["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 8.0});
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let e = load();
     assert!(e.to_string().contains("rope_scaling.rope_type") && e.to_string().contains("config.json"), "{e}");

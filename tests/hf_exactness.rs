@@ -1,6 +1,6 @@
 //! Hugging Face checkpoints load exactly: memtune's logits for the committed tiny random
-//! `LlamaForCausalLM` (grouped-query attention, untied head) and `Qwen2ForCausalLM` (q/k/v bias,
-//! tied embeddings, padded vocabulary) match what transformers computed in f32
+//! `LlamaForCausalLM` (grouped-query attention, untied head), `Qwen2ForCausalLM` (q/k/v bias,
+//! tied embeddings, padded vocabulary) and Llama 3.1-style model ("llama3" RoPE scaling) match what transformers computed in f32
 //! (`expected_logits.json`, written by `scripts/make-hf-fixtures.py`) to 1e-4, decoding with the
 //! KV cache gives what recomputing the whole sequence gives, and the loaded weights train with
 //! full finetuning and LoRA.
@@ -10,11 +10,11 @@ use memtune::config::{FinetuneConfig, MethodKind};
 use memtune::data::batches::Batch;
 use memtune::eval::generate::{argmax, generate, GenerateOptions};
 use memtune::model::pretrained::{load_model_dir, LoadedModel};
-use memtune::model::{ForwardCtx, KvCache};
+use memtune::model::{ForwardCtx, KvCache, Llama, LlamaConfig, ParamBuilder};
 use memtune::train::methods::{finetune, prepare};
 use std::path::Path;
 
-const FIXTURES: &[&str] = &["tests/fixtures/hf-tiny-llama", "tests/fixtures/hf-tiny-qwen2"];
+const FIXTURES: &[&str] = &["tests/fixtures/hf-tiny-llama", "tests/fixtures/hf-tiny-qwen2", "tests/fixtures/hf-tiny-llama3"];
 /// The bar: max |memtune − transformers| over every logit.
 const TOLERANCE: f32 = 1e-4;
 
@@ -72,6 +72,22 @@ fn the_fixtures_exercise_what_they_claim() {
     assert_ne!(q.rope_theta, 10_000.0);
     assert!(qwen.model.layers[0].self_attn.q_proj.bias.is_some());
     assert!(q.vocab_size > qwen.tokenizer.vocab_size(), "the Qwen2 fixture pads its embedding table");
+    let llama3 = load(FIXTURES[2]);
+    assert!(llama3.model.cfg.rope_scaling.is_some());
+    // The settings read from config.json matter well above the tolerance: computed without them,
+    // the logits are far off.
+    let off = |m: &LoadedModel, dir: &str, change: fn(&mut LlamaConfig)| {
+        let mut cfg = m.model.cfg.clone();
+        change(&mut cfg);
+        let other = Llama::new(&cfg, &ParamBuilder::existing(&m.store, &Device::Cpu)).unwrap();
+        let want = expected(dir);
+        let x = Tensor::new(want.input_ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let got: Vec<Vec<f32>> = other.forward(&x, None, &mut ForwardCtx::inference()).unwrap().to_vec2().unwrap();
+        max_abs_diff(&got, &want.logits)
+    };
+    assert!(off(&llama, FIXTURES[0], |c| c.rope_theta = 10_000.0) > 100.0 * TOLERANCE);
+    assert!(off(&llama, FIXTURES[0], |c| c.rms_norm_eps = 1e-2) > 100.0 * TOLERANCE);
+    assert!(off(&llama3, FIXTURES[2], |c| c.rope_scaling = None) > 100.0 * TOLERANCE);
 }
 
 #[test]

@@ -16,6 +16,9 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// RoPE frequency scaling (Llama 3.1+); `None`: plain RoPE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<super::rope_scaling::RopeScaling>,
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v projections (Qwen2 style).
     pub attention_bias: bool,
@@ -161,6 +164,7 @@ impl Default for LlamaConfig {
             max_position_embeddings: 512,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling: None,
             tie_word_embeddings: false,
             attention_bias: false,
             bos_token_id: None,
@@ -203,6 +207,9 @@ impl LlamaConfig {
         if let Some(m) = &self.memory {
             m.validate(self.num_hidden_layers)?;
         }
+        if let Some(r) = &self.rope_scaling {
+            r.validate().map_err(|e| format!("model.rope_scaling: {e}"))?;
+        }
         Ok(())
     }
 
@@ -233,6 +240,11 @@ impl LlamaConfig {
             }
         }
         let mut cfg: LlamaConfig = serde_json::from_value(serde_json::Value::Object(known))?;
+        for key in ["rope_scaling", "rope_parameters"] {
+            if let Some(r) = obj.get(key).filter(|r| r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()) == Some("llama3")) {
+                cfg.rope_scaling = Some(super::rope_scaling::RopeScaling::from_hf(key, r)?);
+            }
+        }
         if !obj.contains_key("num_key_value_heads") {
             cfg.num_key_value_heads = cfg.num_attention_heads;
         }
@@ -293,8 +305,8 @@ fn check_supported(obj: &serde_json::Map<String, serde_json::Value>) -> anyhow::
     for key in ["rope_scaling", "rope_parameters"] {
         if let Some(r) = get(key) {
             let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
-            if kind != "default" {
-                anyhow::bail!("{key}.rope_type = {kind:?} is not supported (memtune implements default RoPE only)");
+            if kind != "default" && kind != "llama3" {
+                anyhow::bail!("{key}.rope_type = {kind:?} is not supported (memtune implements default and llama3 RoPE)");
             }
             if r.get("partial_rotary_factor").and_then(Value::as_f64).is_some_and(|f| f != 1.0) {
                 anyhow::bail!("{key}.partial_rotary_factor is not supported (memtune rotates the whole head)");
@@ -375,7 +387,13 @@ mod tests {
         assert_eq!(v5.rope_theta, 1e6);
         assert_eq!(with("head_dim", serde_json::json!(16)).unwrap().head_dim(), 16);
         let err = |k: &str, v: serde_json::Value| with(k, v).unwrap_err().to_string();
-        assert!(err("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0})).contains("rope_scaling.rope_type"));
+        assert!(err("rope_scaling", serde_json::json!({"rope_type": "dynamic", "factor": 8.0})).contains("rope_scaling.rope_type"));
+        let llama3 = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let c = with("rope_scaling", llama3.clone()).unwrap();
+        assert_eq!(c.rope_scaling.as_ref().unwrap().original_max_position_embeddings, 8192);
+        // memtune's own config.json carries it and reads it back.
+        assert_eq!(LlamaConfig::from_hf_json(&c.to_hf_json().to_string()).unwrap(), c);
+        assert!(err("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0})).contains("rope_scaling.low_freq_factor"));
         assert!(err("rope_parameters", serde_json::json!({"rope_type": "yarn"})).contains("rope_parameters.rope_type"));
         assert!(err("head_dim", serde_json::json!(32)).contains("head_dim"));
         assert!(err("model_type", serde_json::json!("gpt2")).contains("model_type"));

@@ -10,6 +10,7 @@ pub mod llama;
 pub mod memory;
 pub mod params;
 pub mod pretrained;
+pub mod rope_scaling;
 
 pub use config::{LlamaConfig, MemoryConfig, MemoryPlacement, ValueOptimizerKind};
 pub use kv_cache::KvCache;
