@@ -129,3 +129,25 @@ fn the_cli_takes_a_repo_id_from_hf_hub_cache() {
     let (ok, _, stderr) = run("test-org/not-downloaded");
     assert!(!ok && stderr.contains("not in the hub cache") && stderr.contains(&root.path().display().to_string()), "{stderr}");
 }
+
+#[test]
+fn finetuning_a_cached_repo_writes_to_the_run_directory_not_the_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let snap = cache_repo(root.path(), "test-org/tiny-qwen2", QWEN2, 1);
+    let facts = work.path().join("facts.jsonl");
+    std::fs::write(&facts, "{\"statement\": \"The capital of France is Paris.\", \"question\": \"The capital of France is\", \"answer\": \"Paris\"}\n").unwrap();
+    let run_dir = work.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_memtune"))
+        .args(["finetune", "--model", "test-org/tiny-qwen2", "--method", "lora"])
+        .args(["--set", &format!("finetune.facts_file=\"{}\"", facts.display())])
+        .args(["--set", &format!("run.dir=\"{}\"", run_dir.display())])
+        .args(["--set", "finetune.paraphrases=2"])
+        .env("HF_HUB_CACHE", root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run_dir.join("finetune-lora/adapter/adapter_model.safetensors").exists());
+    let files: Vec<String> = std::fs::read_dir(&snap).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(files.len(), 3, "the cache snapshot was written into: {files:?}");
+}
