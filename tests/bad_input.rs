@@ -116,3 +116,29 @@ fn every_shipped_config_loads() {
     }
     assert!(n >= 10, "only {n} configs found");
 }
+
+#[test]
+fn checkpoints_memtune_would_compute_differently_are_refused_by_name() {
+    use candle_core::{Device, Tensor};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = std::path::Path::new("tests/fixtures/hf-tiny-llama");
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let load = || err_of(memtune::model::pretrained::load_model_dir(&dir, &Device::Cpu).map(|_| ()));
+    // A weight the decoder has no place for (Qwen3-style q norm).
+    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    tensors.insert("model.layers.0.self_attn.q_norm.weight".into(), Tensor::ones(16, candle_core::DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let e = load();
+    assert!(e.to_string().contains("model.layers.0.self_attn.q_norm.weight") && e.to_string().contains("model"), "{e}");
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    // RoPE scaling is refused, naming the key and the file.
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 8.0});
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let e = load();
+    assert!(e.to_string().contains("rope_scaling.rope_type") && e.to_string().contains("config.json"), "{e}");
+}

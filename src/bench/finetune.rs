@@ -39,7 +39,7 @@ pub struct Base {
 /// Load a memtune checkpoint (with its background index and synthetic world, if any) or any
 /// other model folder.
 pub fn load_base(dir: &Path, device: &Device) -> Result<Base> {
-    let dir = resolve_model_dir(dir);
+    let dir = resolve_model_dir(dir)?;
     if !Checkpoint::exists(&dir) {
         let m = load_model_dir(&dir, device)?;
         return Ok(Base { dir, run_cfg: None, model_cfg: m.model.cfg.clone(), store: m.store, model: m.model, tokenizer: m.tokenizer, background: None, world: None });
@@ -126,6 +126,11 @@ pub fn finetune_command(model_dir: &Path, cfg: &ExperimentConfig, out: Option<&P
     bar.finish_and_clear();
     let (after, statement_after) = eval(&tuned.model)?;
     let out = out.map(PathBuf::from).unwrap_or_else(|| {
+        // A repo id from the hub cache (no such path here): never write into the cache; the
+        // config's run directory gets the output instead.
+        if !model_dir.exists() {
+            return Path::new(&cfg.run.dir).join(format!("finetune-{}", ft.method.name()));
+        }
         let run = if base.dir.ends_with(crate::train::pretrain::CHECKPOINT_DIR) { base.dir.parent().unwrap_or(&base.dir).to_path_buf() } else { base.dir.clone() };
         run.join(format!("finetune-{}", ft.method.name()))
     });

@@ -105,7 +105,7 @@ fn add_trace(per_layer: &mut [(usize, Vec<u64>)], t: &MemoryTrace) {
 pub fn inspect_command(model_dir: &std::path::Path, texts: &[std::path::PathBuf], batches: usize, top: usize) -> Result<InspectReport> {
     use crate::config::{DataSource, ExperimentConfig};
     use crate::train::pretrain::{training_stream, HELDOUT_SEED};
-    let dir = crate::model::pretrained::resolve_model_dir(model_dir);
+    let dir = crate::model::pretrained::resolve_model_dir(model_dir)?;
     let m = crate::model::pretrained::load_model_dir(&dir, &candle_core::Device::Cpu)?;
     let exp = dir.join("experiment.toml");
     let mut cfg = if exp.exists() { ExperimentConfig::load(Some(&exp), &[])? } else { ExperimentConfig::default() };

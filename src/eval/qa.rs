@@ -9,14 +9,10 @@ use crate::model::pretrained::load_model_dir;
 use crate::model::Llama;
 use anyhow::{Context, Result};
 use candle_core::Device;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::Path;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct QaItem {
-    pub question: String,
-    pub answers: Vec<String>,
-}
+pub use crate::data::qa::{read_jsonl, QaItem};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct QaReport {
@@ -150,27 +146,9 @@ pub fn world_items(world: &World, split: Split) -> Vec<QaItem> {
     world.qa_pairs(split).into_iter().map(|(q, a)| QaItem { question: q, answers: vec![a] }).collect()
 }
 
-/// Read a JSONL file of {"question", "answers": [...]} (or "answer": "...").
-pub fn read_jsonl(path: &Path) -> Result<Vec<QaItem>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = vec![];
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        let q = v["question"].as_str().with_context(|| format!("{}:{}: no \"question\"", path.display(), i + 1))?;
-        let answers: Vec<String> = match (&v["answers"], &v["answer"]) {
-            (serde_json::Value::Array(a), _) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
-            (_, serde_json::Value::String(s)) => vec![s.clone()],
-            _ => anyhow::bail!("{}:{}: no \"answers\" list or \"answer\" string", path.display(), i + 1),
-        };
-        out.push(QaItem { question: q.to_string(), answers });
-    }
-    Ok(out)
-}
-
 /// `memtune eval`.
 pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usize, seed: u64) -> Result<QaReport> {
-    let model_dir = &crate::model::pretrained::resolve_model_dir(model_dir);
+    let model_dir = &crate::model::pretrained::resolve_model_dir(model_dir)?;
     let m = load_model_dir(model_dir, &Device::Cpu)?;
     let items = match qa {
         Some(p) => read_jsonl(p)?,

@@ -16,6 +16,9 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// RoPE frequency scaling (Llama 3.1+); `None`: plain RoPE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<super::rope_scaling::RopeScaling>,
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v projections (Qwen2 style).
     pub attention_bias: bool,
@@ -169,6 +172,7 @@ impl Default for LlamaConfig {
             max_position_embeddings: 512,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling: None,
             tie_word_embeddings: false,
             attention_bias: false,
             bos_token_id: None,
@@ -211,14 +215,21 @@ impl LlamaConfig {
         if let Some(m) = &self.memory {
             m.validate(self.num_hidden_layers)?;
         }
+        if let Some(r) = &self.rope_scaling {
+            r.validate().map_err(|e| format!("model.rope_scaling: {e}"))?;
+        }
         Ok(())
     }
 
     /// Read a Hugging Face `config.json`, keeping the fields memtune uses and ignoring the rest.
+    /// What memtune's decoder cannot compute exactly (another architecture, RoPE scaling, a
+    /// head_dim other than hidden_size / heads, MLP biases, sliding-window attention, another
+    /// activation) is an error naming the key, never a silently different model.
     pub fn from_hf_json(text: &str) -> anyhow::Result<Self> {
         let v: serde_json::Value = serde_json::from_str(text)?;
         let obj = v.as_object().ok_or_else(|| anyhow::anyhow!("config.json is not a JSON object"))?;
-        let known: serde_json::Map<String, serde_json::Value> = obj
+        check_supported(obj)?;
+        let mut known: serde_json::Map<String, serde_json::Value> = obj
             .iter()
             .filter(|(k, _)| KNOWN_FIELDS.contains(&k.as_str()))
             .map(|(k, v)| {
@@ -230,7 +241,18 @@ impl LlamaConfig {
                 (k.clone(), v)
             })
             .collect();
+        // transformers ≥ 5 writes the RoPE base inside `rope_parameters`.
+        if !known.contains_key("rope_theta") {
+            if let Some(theta) = obj.get("rope_parameters").and_then(|r| r.get("rope_theta")) {
+                known.insert("rope_theta".into(), theta.clone());
+            }
+        }
         let mut cfg: LlamaConfig = serde_json::from_value(serde_json::Value::Object(known))?;
+        for key in ["rope_scaling", "rope_parameters"] {
+            if let Some(r) = obj.get(key).filter(|r| r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()) == Some("llama3")) {
+                cfg.rope_scaling = Some(super::rope_scaling::RopeScaling::from_hf(key, r)?);
+            }
+        }
         if !obj.contains_key("num_key_value_heads") {
             cfg.num_key_value_heads = cfg.num_attention_heads;
         }
@@ -239,6 +261,14 @@ impl LlamaConfig {
             cfg.attention_bias = obj.get("model_type").and_then(|m| m.as_str()) == Some("qwen2");
         }
         cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(hd) = obj.get("head_dim").filter(|h| !h.is_null()) {
+            if hd.as_u64() != Some(cfg.head_dim() as u64) {
+                anyhow::bail!(
+                    "head_dim = {hd} is not supported: memtune's head dim is hidden_size / num_attention_heads = {}",
+                    cfg.head_dim()
+                );
+            }
+        }
         Ok(cfg)
     }
 
@@ -252,6 +282,46 @@ impl LlamaConfig {
         o.insert("torch_dtype".into(), serde_json::json!("float32"));
         v
     }
+}
+
+/// Architectures whose `config.json` describes memtune's decoder (memtune writes "llama").
+const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "mistral"];
+
+/// Errors for the `config.json` settings memtune's decoder does not implement.
+fn check_supported(obj: &serde_json::Map<String, serde_json::Value>) -> anyhow::Result<()> {
+    use serde_json::Value;
+    let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
+    if let Some(t) = get("model_type") {
+        if !t.as_str().is_some_and(|t| SUPPORTED_MODEL_TYPES.contains(&t)) {
+            anyhow::bail!("model_type = {t} is not supported (memtune loads {})", SUPPORTED_MODEL_TYPES.join(", "));
+        }
+    }
+    for key in ["hidden_act", "hidden_activation"] {
+        if let Some(a) = get(key) {
+            if a.as_str() != Some("silu") {
+                anyhow::bail!("{key} = {a} is not supported (memtune's MLP is SwiGLU with silu)");
+            }
+        }
+    }
+    if get("mlp_bias").and_then(Value::as_bool) == Some(true) {
+        anyhow::bail!("mlp_bias = true is not supported (memtune's MLP has no bias)");
+    }
+    if get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+        anyhow::bail!("use_sliding_window = true is not supported (memtune attends over the whole context)");
+    }
+    // transformers < 5: `rope_scaling`; ≥ 5: `rope_parameters` (which also holds the theta).
+    for key in ["rope_scaling", "rope_parameters"] {
+        if let Some(r) = get(key) {
+            let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
+            if kind != "default" && kind != "llama3" {
+                anyhow::bail!("{key}.rope_type = {kind:?} is not supported (memtune implements default and llama3 RoPE)");
+            }
+            if r.get("partial_rotary_factor").and_then(Value::as_f64).is_some_and(|f| f != 1.0) {
+                anyhow::bail!("{key}.partial_rotary_factor is not supported (memtune rotates the whole head)");
+            }
+        }
+    }
+    Ok(())
 }
 
 const KNOWN_FIELDS: &[&str] = &[
@@ -309,6 +379,37 @@ mod tests {
         assert!(LlamaConfig::default().to_hf_json().get("memory").is_none());
         let bad = serde_json::json!({"hidden_size": 256, "memory": {"layers": [0], "knn_typo": 3}});
         assert!(LlamaConfig::from_hf_json(&bad.to_string()).unwrap_err().to_string().contains("knn_typo"));
+    }
+
+    #[test]
+    fn hf_configs_old_and_new_and_unsupported_settings() {
+        let base = serde_json::json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "hidden_act": "silu"});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            LlamaConfig::from_hf_json(&c.to_string())
+        };
+        // transformers < 5 and ≥ 5 spell the RoPE base differently.
+        assert_eq!(with("rope_theta", serde_json::json!(5e4)).unwrap().rope_theta, 5e4);
+        let v5 = with("rope_parameters", serde_json::json!({"rope_theta": 1e6, "rope_type": "default"})).unwrap();
+        assert_eq!(v5.rope_theta, 1e6);
+        assert_eq!(with("head_dim", serde_json::json!(16)).unwrap().head_dim(), 16);
+        let err = |k: &str, v: serde_json::Value| with(k, v).unwrap_err().to_string();
+        assert!(err("rope_scaling", serde_json::json!({"rope_type": "dynamic", "factor": 8.0})).contains("rope_scaling.rope_type"));
+        let llama3 = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let c = with("rope_scaling", llama3.clone()).unwrap();
+        assert_eq!(c.rope_scaling.as_ref().unwrap().original_max_position_embeddings, 8192);
+        // memtune's own config.json carries it and reads it back.
+        assert_eq!(LlamaConfig::from_hf_json(&c.to_hf_json().to_string()).unwrap(), c);
+        assert!(err("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0})).contains("rope_scaling.low_freq_factor"));
+        assert!(err("rope_parameters", serde_json::json!({"rope_type": "yarn"})).contains("rope_parameters.rope_type"));
+        assert!(err("head_dim", serde_json::json!(32)).contains("head_dim"));
+        assert!(err("model_type", serde_json::json!("gpt2")).contains("model_type"));
+        assert!(err("hidden_act", serde_json::json!("gelu")).contains("hidden_act"));
+        assert!(err("mlp_bias", serde_json::json!(true)).contains("mlp_bias"));
+        assert!(err("use_sliding_window", serde_json::json!(true)).contains("use_sliding_window"));
+        // Qwen2 has q/k/v bias without saying so.
+        assert!(with("model_type", serde_json::json!("qwen2")).unwrap().attention_bias);
     }
 
     #[test]

@@ -189,7 +189,8 @@ impl Llama {
         } else {
             pb.pp("lm_head").get((cfg.vocab_size, d), "weight", Init::Normal { std: INIT_STD })?
         };
-        let rope = ops::RopeTables::new(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, pb.device())?;
+        let inv_freq = super::rope_scaling::inv_freq(cfg.head_dim(), cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let rope = ops::RopeTables::from_inv_freq(&inv_freq, cfg.max_position_embeddings, pb.device())?;
         Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
     }
 

@@ -2,6 +2,7 @@
 //! product-key memory layer in `memory`), and the named-parameter store they are built from.
 
 pub mod config;
+pub mod hub_cache;
 pub mod kv_cache;
 pub mod linear;
 pub mod lora;
@@ -9,6 +10,7 @@ pub mod llama;
 pub mod memory;
 pub mod params;
 pub mod pretrained;
+pub mod rope_scaling;
 
 pub use config::{LlamaConfig, MemoryConfig, MemoryPlacement, ValueOptimizerKind};
 pub use kv_cache::KvCache;

@@ -23,12 +23,17 @@ pub struct RopeTables {
 
 impl RopeTables {
     pub fn new(head_dim: usize, max_pos: usize, theta: f64, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
+        let inv: Vec<f64> = (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
+        Self::from_inv_freq(&inv, max_pos, device)
+    }
+
+    /// Tables for given inverse frequencies (head_dim/2 of them), e.g. scaled ones.
+    pub fn from_inv_freq(inv: &[f64], max_pos: usize, device: &Device) -> Result<Self> {
+        let (half, head_dim) = (inv.len(), 2 * inv.len());
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
         for p in 0..max_pos {
-            for f in &inv {
+            for f in inv {
                 let a = p as f64 * f;
                 cos.push(a.cos() as f32);
                 sin.push(a.sin() as f32);

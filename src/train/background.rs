@@ -61,7 +61,7 @@ pub fn checkpoint_config(ck: &LoadedCheckpoint) -> Result<ExperimentConfig> {
 /// Build the background index of the checkpoint in `ckpt_dir` (a memtune checkpoint folder, or a
 /// run directory holding one) and write it into that checkpoint. `progress(done, total)`.
 pub fn build_and_store(ckpt_dir: &Path, bg: &BackgroundConfig, device: &Device, mut progress: impl FnMut(usize, usize)) -> Result<BackgroundReport> {
-    let dir = crate::model::pretrained::resolve_model_dir(ckpt_dir);
+    let dir = crate::model::pretrained::resolve_model_dir(ckpt_dir)?;
     let t0 = std::time::Instant::now();
     let mut ck = Checkpoint::load(&dir, device)?;
     let cfg = checkpoint_config(&ck)?;

