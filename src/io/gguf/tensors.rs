@@ -158,7 +158,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_map_both_ways_of_a_block() {
+    fn names_map_to_hugging_face() {
         assert_eq!(hf_name("blk.12.attn_q.weight").unwrap(), "model.layers.12.self_attn.q_proj.weight");
         assert_eq!(hf_name("blk.0.attn_k.bias").unwrap(), "model.layers.0.self_attn.k_proj.bias");
         assert_eq!(hf_name("blk.3.ffn_norm.weight").unwrap(), "model.layers.3.post_attention_layernorm.weight");

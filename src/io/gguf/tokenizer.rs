@@ -172,3 +172,32 @@ fn pre_tokenizer(pre: &str) -> Option<(Value, bool)> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, PreTokenizerWrapper};
+
+    /// The pieces a `tokenizer.ggml.pre` value splits `text` into (byte-level symbols).
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let (json, _) = pre_tokenizer(pre).unwrap();
+        let p: PreTokenizerWrapper = serde_json::from_value(json).unwrap_or_else(|e| panic!("{pre}: {e}"));
+        let mut s = PreTokenizedString::from(text);
+        p.pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(t, _, _)| t.to_string()).collect()
+    }
+
+    #[test]
+    fn every_known_pre_tokenizer_loads_and_splits_numbers_as_llama_cpp_does() {
+        for pre in KNOWN_PRE {
+            assert!(!pieces(pre, "Hi 12345!").is_empty(), "{pre}");
+        }
+        // GPT-2: one number piece; SmolLM/StarCoder: single digits; Llama 3: groups of up to 3;
+        // Qwen2: single digits. ("Ġ" is the byte-level space.)
+        assert_eq!(pieces("gpt2", "a 12345"), ["a", "Ġ12345"]);
+        assert_eq!(pieces("smollm", "a 12345"), ["a", "Ġ", "1", "2", "3", "4", "5"]);
+        assert_eq!(pieces("llama-bpe", "a 12345"), ["a", "Ġ", "123", "45"]);
+        assert_eq!(pieces("qwen2", "a 12345"), ["a", "Ġ", "1", "2", "3", "4", "5"]);
+        assert!(pre_tokenizer("mystery").is_none());
+    }
+}
