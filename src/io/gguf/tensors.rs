@@ -124,7 +124,7 @@ pub fn convert<R: Read + Seek>(content: &Content, reader: &mut R, file: &Path, m
 pub fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
     let rows = t.dims()[0];
     let rest = t.elem_count() / rows.max(1);
-    if n_head == 0 || rows % (2 * n_head) != 0 {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
         bail!("{rows} rows cannot be split into {n_head} heads of an even size");
     }
     let half = rows / n_head / 2;
