@@ -142,6 +142,19 @@ enum Command {
         #[arg(long)]
         merge: bool,
     },
+    /// Import a llama.cpp GGUF file (llama, qwen2; any quantisation candle reads) as a Hugging
+    /// Face-style model folder: dequantised safetensors, config.json, tokenizer.json.
+    Import {
+        /// The .gguf file.
+        #[arg(long)]
+        gguf: PathBuf,
+        /// Output folder (must not exist, or be empty); written whole or not at all.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight dtype: f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: memtune::io::gguf::WeightDtype,
+    },
     /// Data utilities.
     Data {
         #[command(subcommand)]
@@ -339,6 +352,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { command: BenchCommand::Memory { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps } } => {
             let o = bench::memory::MemoryBenchOptions { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps };
             bench::memory::run(&o, |line| println!("{}", serde_json::to_string(line).unwrap()))?;
+            Ok(())
+        }
+        Command::Import { gguf, out, dtype } => {
+            let report = memtune::io::gguf::import_gguf(&gguf, &out, dtype)?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Data { command: DataCommand::Synth { cfg, out } } => {

@@ -370,7 +370,9 @@ impl safetensors::View for BorrowedView {
     }
 }
 
-fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+/// Write `tensors` (sorted by name) as one safetensors file, atomically, without copying
+/// contiguous f32/u32 CPU tensors. Also used by the GGUF import.
+pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
     let mut items: Vec<(&String, BorrowedView)> = tensors.iter().map(|(k, t)| (k, BorrowedView(t.clone()))).collect();
     items.sort_by(|a, b| a.0.cmp(b.0));
     write_atomic_with(path, |tmp| {

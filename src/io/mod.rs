@@ -1,4 +1,6 @@
-//! Files: atomic writes, checkpoints.
+//! Files: atomic writes, checkpoints, staged folders, GGUF import.
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod gguf;
+pub mod staged_dir;
