@@ -118,6 +118,73 @@ pub fn scatter_with_fronts(stem: &Path, spec: &PlotSpec) -> Result<()> {
     Ok(())
 }
 
+/// One heatmap panel: `values[row][col]` in [0, 1], drawn white (0) to blue (1) with the value
+/// written in each cell.
+pub struct Heatmap {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub col_labels: Vec<String>,
+    pub values: Vec<Vec<f64>>,
+}
+
+fn draw_heatmaps<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, panels: &[Heatmap]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (area, h) in areas.into_iter().zip(panels) {
+        let rows = h.values.len().max(1);
+        let cols = h.values.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&h.title, (FONT, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0f64..cols as f64, 0f64..rows as f64)
+            .map_err(err)?;
+        let labels = h.col_labels.clone();
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(h.x_label.as_str())
+            .y_desc(h.y_label.as_str())
+            .x_labels(cols)
+            .y_labels(rows)
+            .x_label_formatter(&|x| labels.get(x.floor() as usize).cloned().unwrap_or_default())
+            // Row 0 at the top.
+            .y_label_formatter(&|y| format!("{}", (rows as f64 - 1.0 - y.floor()).max(0.0) as usize))
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 15))
+            .draw()
+            .map_err(err)?;
+        for (i, row) in h.values.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let v = v.clamp(0.0, 1.0);
+                let c = RGBColor((255.0 * (1.0 - 0.85 * v)) as u8, (255.0 * (1.0 - 0.6 * v)) as u8, 255);
+                let (x, y) = (j as f64, (rows - 1 - i) as f64);
+                chart.draw_series(std::iter::once(Rectangle::new([(x, y), (x + 1.0, y + 1.0)], c.filled()))).map_err(err)?;
+                let text_color = if v > 0.6 { WHITE } else { BLACK };
+                chart
+                    .draw_series(std::iter::once(Text::new(format!("{:.2}", v), (x + 0.3, y + 0.6), (FONT, 12).into_font().color(&text_color))))
+                    .map_err(err)?;
+            }
+        }
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Heatmap panels side by side as `<stem>.png`.
+pub fn heatmaps_png(stem: &Path, panels: &[Heatmap]) -> Result<()> {
+    register_font();
+    let png = stem.with_extension("png");
+    let w = 520 * panels.len().max(1) as u32;
+    draw_heatmaps(BitMapBackend::new(&png, (w, 500)).into_drawing_area(), panels).with_context(|| format!("cannot draw {}", png.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QaItem {
     pub question: String,
     pub answers: Vec<String>,
