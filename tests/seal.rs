@@ -24,6 +24,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 const PRESET: &str = include_str!("../configs/seal-synthetic.toml");
+/// The tests need a trained model, not a good one: 300 pretraining steps instead of 1,500.
+const SHORT_PRETRAINING: &str = "train.steps=300";
 
 fn run_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
@@ -31,7 +33,7 @@ fn run_dir() -> &'static Path {
 }
 
 fn cfg(sets: &[&str]) -> ExperimentConfig {
-    let mut all = vec![format!("run.dir=\"{}\"", run_dir().display())];
+    let mut all = vec![format!("run.dir=\"{}\"", run_dir().display()), SHORT_PRETRAINING.into()];
     all.extend(sets.iter().map(|s| s.to_string()));
     ExperimentConfig::from_toml_str(PRESET, "seal-synthetic.toml", &all).unwrap()
 }
@@ -224,10 +226,12 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
     let out: PathBuf = run_dir().join("seal-e2e");
     let sets = [
         format!("run.dir=\"{}\"", run_dir().display()),
+        SHORT_PRETRAINING.into(),
         format!("seal.out=\"{}\"", out.display()),
         "seal.eval_passages=2".into(),
         "seal.train_passages=2".into(),
         "seal.k=2".into(),
+        "seal.inner_epochs=3".into(),
         "seal.continual_passages=2".into(),
     ];
     let mut args = vec!["seal".to_string(), "--config".into(), "configs/seal-synthetic.toml".into()];
@@ -285,4 +289,31 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("seal.filtr"));
     let o = Command::new(env!("CARGO_BIN_EXE_memtune")).args(["seal", "--config", "configs/seal-synthetic.toml", "--set", "seal.template=\"nope\""]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("seal.template"));
+}
+
+#[test]
+fn templates_fill_title_and_passage_and_apply_chatml() {
+    use memtune::config::ChatMode;
+    use memtune::seal::templates::Template;
+    let p = Passage { id: "x".into(), title: "Ada".into(), context: "Ada was born in Paris.".into(), questions: vec![] };
+    let c = cfg(&["seal.template=\"mine-qa\"", "seal.templates.mine-qa=\"About {title}: {passage} Questions:\""]);
+    let t = Template::from_config(&c.seal).unwrap();
+    assert_eq!((t.render(&p).as_str(), t.split), ("About Ada: Ada was born in Paris. Questions:", SplitRule::QaPairs));
+    let t = Template::from_config(&cfg(&["seal.template=\"self-qa\""]).seal).unwrap();
+    assert!(t.render(&p).contains("Ada\nAda was born in Paris.") && t.split == SplitRule::QaPairs);
+    let e = ExperimentConfig::from_toml_str(PRESET, "p", &["seal.templates.bad=\"no passage\"".into()]).unwrap_err().to_string();
+    assert!(e.contains("seal.templates.bad"), "{e}");
+    let d = tempfile::tempdir().unwrap();
+    assert_eq!(ChatFormat::resolve(ChatMode::Auto, d.path()).unwrap(), ChatFormat::Plain);
+    let smol = r#"{"chat_template": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"}"#;
+    std::fs::write(d.path().join("tokenizer_config.json"), smol).unwrap();
+    let chat = ChatFormat::resolve(ChatMode::Auto, d.path()).unwrap();
+    assert_eq!(chat.wrap("Hi"), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(ChatFormat::resolve(ChatMode::None, d.path()).unwrap(), ChatFormat::Plain);
+    std::fs::write(d.path().join("tokenizer_config.json"), r#"{"chat_template": "[INST] {{ x }} [/INST]"}"#).unwrap();
+    let e = ChatFormat::resolve(ChatMode::Auto, d.path()).unwrap_err().to_string();
+    assert!(e.contains("seal.chat"), "{e}");
+    let q = QaFormat { chat, ..qa() };
+    assert_eq!(q.closed(&p, "Where?"), "<|im_start|>user\nQ: Where? A:<|im_end|>\n<|im_start|>assistant\n");
+    assert!(q.open(&p, "Where?").contains("Ada was born in Paris.\nQ: Where? A:"));
 }

@@ -210,9 +210,6 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let t_start = std::time::Instant::now();
     let seal = &cfg.seal;
     let device = crate::train::pretrain::device_from(&cfg.run.device)?;
-    let out = out_dir(cfg);
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    crate::io::atomic::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     // 1. Student and generator.
     let base: Base = if seal.model.is_empty() { crate::bench::forgetting::pretrained_base(cfg, &device)? } else { load_base(Path::new(&seal.model), &device)? };
@@ -240,6 +237,9 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let all: Vec<Passage> = all.into_iter().map(|p| p.limit_questions(seal.questions_per_passage)).collect();
     let split = split_passages(all, seal.eval_passages, seal.train_passages, seal.rounds, seal.seed)?;
     let eval = &split.eval;
+    let out = out_dir(cfg);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    crate::io::atomic::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     tracing::info!("SEAL: {} eval passages ({} questions), {} round(s) of {} passages", eval.len(), eval.iter().map(|p| p.questions.len()).sum::<usize>(), seal.rounds, seal.train_passages);
 
     let mut summary_out = Writer::create(&out.join("summary.jsonl"))?;
