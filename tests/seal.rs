@@ -106,8 +106,8 @@ fn passages_from_the_world_and_from_squad() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 10, "eval and round passages are disjoint");
-    let e = split_passages(ps, 10, 2, 2, 7).unwrap_err().to_string();
-    assert!(e.contains("seal.eval_passages") && e.contains("14"), "{e}");
+    let e = split_passages(ps, 10, 6, 2, 7).unwrap_err().to_string();
+    assert!(e.contains("seal.eval_passages") && e.contains("22"), "{e}");
 }
 
 #[test]
@@ -316,4 +316,45 @@ fn templates_fill_title_and_passage_and_apply_chatml() {
     let q = QaFormat { chat, ..qa() };
     assert_eq!(q.closed(&p, "Where?"), "<|im_start|>user\nQ: Where? A:<|im_end|>\n<|im_start|>assistant\n");
     assert!(q.open(&p, "Where?").contains("Ada was born in Paris.\nQ: Where? A:"));
+}
+
+/// Runs `memtune seal` on the preset with the tests' model and `sets`; returns the results folder.
+fn seal_cli(name: &str, sets: &[String]) -> PathBuf {
+    base();
+    let out = run_dir().join(name);
+    let mut args = vec!["seal".to_string(), "--config".into(), "configs/seal-synthetic.toml".into()];
+    let all = [format!("run.dir=\"{}\"", run_dir().display()), SHORT_PRETRAINING.into(), format!("seal.out=\"{}\"", out.display())];
+    for s in all.iter().chain(sets) {
+        args.push("--set".into());
+        args.push(s.clone());
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_memtune")).args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+#[test]
+fn seal_runs_on_squad_passages_and_a_teacher_copy_changes_nothing() {
+    let small: Vec<String> = ["seal.eval_passages=1", "seal.train_passages=1", "seal.k=2", "seal.inner_epochs=2", "seal.continual_passages=0", "seal.inner_methods=[\"lora\"]"].iter().map(|s| s.to_string()).collect();
+    // A teacher that is a copy of the student writes the same self-edits, and ReST-EM trains it
+    // the same way: every line is identical.
+    let own = seal_cli("seal-own", &small);
+    let teacher = memtune::bench::forgetting::pretrain_dir(&cfg(&[])).join("checkpoint");
+    let mut with_teacher = small.clone();
+    with_teacher.push(format!("seal.teacher=\"{}\"", teacher.display()));
+    let t = seal_cli("seal-teacher", &with_teacher);
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(read(&own, "self_edits.jsonl"), read(&t, "self_edits.jsonl"));
+    assert_eq!(read(&own, "summary.jsonl"), read(&t, "summary.jsonl"));
+    assert!(read(&own, "self_edits.jsonl").contains("\"condition\":\"train-round-1\""));
+    // SQuAD passages through the whole pipeline.
+    let mut squad = small.clone();
+    squad.extend(["seal.data=\"tests/fixtures/seal-squad-mini.json\"".to_string(), "seal.eval_passages=2".into(), "seal.rounds=0".into()]);
+    let s = seal_cli("seal-squad", &squad);
+    let lines: Vec<serde_json::Value> = read(&s, "summary.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let conds: Vec<&str> = lines.iter().map(|l| l["condition"].as_str().unwrap()).collect();
+    assert_eq!(conds, ["no-update", "passage-only", "base-self-edits"]);
+    assert!(lines.iter().all(|l| l["n_questions"] == 3 && l["n_passages"] == 2), "{lines:?}");
+    let titles: std::collections::BTreeSet<String> = read(&s, "self_edits.jsonl").lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["title"].as_str().unwrap().to_string()).collect();
+    assert_eq!(titles.into_iter().collect::<Vec<_>>(), ["Glass Harbor", "Mira Oduya"]);
 }
