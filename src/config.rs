@@ -752,6 +752,17 @@ pub enum SealFilter {
     AboveGroupMean,
 }
 
+/// What continual SEAL trains on besides each passage.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ContinualEdits {
+    /// The generator's first base self-edit of the passage.
+    Generated,
+    /// The passage's own questions with their answers as "Q: … A: …" lines: a perfect self-edit,
+    /// which isolates forgetting from the generator's quality.
+    Oracle,
+}
+
 /// Whether prompts are wrapped in the model's chat template.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -818,6 +829,7 @@ pub struct SealConfig {
     pub continual_passages: usize,
     /// Inner-loop methods compared in continual SEAL.
     pub continual_methods: Vec<MethodKind>,
+    pub continual_edits: ContinualEdits,
     pub seed: u64,
     /// Results folder; empty: `<run.dir>/seal`.
     pub out: String,
@@ -853,6 +865,7 @@ impl Default for SealConfig {
             sft_batch_size: 4,
             continual_passages: 0,
             continual_methods: vec![MethodKind::SparseMemory, MethodKind::Lora],
+            continual_edits: ContinualEdits::Generated,
             seed: 0,
             out: String::new(),
         }

@@ -211,7 +211,7 @@ fn continual_retention_matrix_has_the_accuracy_right_after_each_update_on_its_di
         let model = model_over(&b.model_cfg, &store, &Device::Cpu).unwrap();
         let cur = Student { cfg: &b.model_cfg, store: &store, model: &model, tok: &b.tokenizer, background: None };
         let t = update(&cur, &s, &seqs[j], memtune::seal::inner::candidate_seed(3, &ps[j].id, 0, j)).unwrap();
-        store = merged(t, &s).unwrap();
+        store = merged(t, &s.ft).unwrap();
         let model = model_over(&b.model_cfg, &store, &Device::Cpu).unwrap();
         assert_eq!(r.acc[j][j], closed_book(&model, &b.tokenizer, &qa(), &ps[j]).unwrap().mean_em(), "diagonal at {j}");
     }
@@ -316,6 +316,8 @@ fn templates_fill_title_and_passage_and_apply_chatml() {
     let q = QaFormat { chat, ..qa() };
     assert_eq!(q.closed(&p, "Where?"), "<|im_start|>user\nQ: Where? A:<|im_end|>\n<|im_start|>assistant\n");
     assert!(q.open(&p, "Where?").contains("Ada was born in Paris.\nQ: Where? A:"));
+    let p = Passage { questions: vec![memtune::eval::qa::QaItem { question: "Where was Ada born?".into(), answers: vec!["Paris".into(), "paris".into()] }], ..p };
+    assert_eq!(memtune::seal::run::oracle_sequences(&p, &qa()), ["Q: Where was Ada born? A: Paris", "Ada was born in Paris."]);
 }
 
 /// Runs `memtune seal` on the preset with the tests' model and `sets`; returns the results folder.

@@ -59,7 +59,7 @@ pub fn continual(st: &Student, s: &InnerSettings, qa: &QaFormat, passages: &[Pas
     for j in 0..n {
         let cur = Student { cfg: st.cfg, store: &store, model: &model, tok: st.tok, background: st.background };
         let t = update(&cur, s, &seqs[j], super::inner::candidate_seed(seed, &passages[j].id, 0, j))?;
-        store = merged(t, s)?;
+        store = merged(t, &s.ft)?;
         model = model_over(st.cfg, &store, st.model.device())?;
         for (i, p) in passages.iter().enumerate() {
             acc[i][j] = closed_book(&model, st.tok, qa, p)?.mean_em();

@@ -86,10 +86,11 @@ pub fn update(st: &Student, s: &InnerSettings, seqs: &[String], seed: u64) -> Re
     Ok(finetune(p, batches, |_| {})?.0)
 }
 
-/// The weights of a finetuned model with any adapter folded in (continual SEAL keeps them).
-pub fn merged(t: Finetuned, s: &InnerSettings) -> Result<ParamStore> {
+/// The weights of a finetuned model with any adapter folded in (continual SEAL keeps them); `ft`
+/// is the config it was trained with.
+pub fn merged(t: Finetuned, ft: &FinetuneConfig) -> Result<ParamStore> {
     if t.method == MethodKind::Lora {
-        merge_into_base(&t.store, &s.ft.lora.lora())?;
+        merge_into_base(&t.store, &ft.lora.lora())?;
     }
     Ok(t.store)
 }

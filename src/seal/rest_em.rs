@@ -3,7 +3,6 @@
 //! only (prompt positions get the cross-entropy ignore index), LoRA (merged after) or full.
 
 use super::inner::merged;
-use super::inner::InnerSettings;
 use crate::config::{FinetuneConfig, MethodKind, SealFilter};
 use crate::data::batches::{Batch, PaddedBatch};
 use crate::data::tokenizer::Tokenizer;
@@ -94,6 +93,5 @@ pub fn sft_generator(cfg: &LlamaConfig, store: &ParamStore, model: &Llama, ft: &
         }
         last = s.loss;
     })?;
-    let settings = InnerSettings { ft, epochs: 1, batch_size: 1 };
-    Ok((merged(t, &settings)?, first.get().unwrap_or(0.0), last))
+    Ok((merged(t, &ft)?, first.get().unwrap_or(0.0), last))
 }

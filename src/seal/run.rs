@@ -22,7 +22,7 @@ use super::rest_em::{select, sft_batches, sft_generator, sft_pair};
 use super::self_edit::{sample_self_edits, training_sequences, SampleOptions, SelfEdit};
 use super::templates::{ChatFormat, QaFormat, Template};
 use crate::bench::finetune::{load_base, Base};
-use crate::config::{ExperimentConfig, SealConfig};
+use crate::config::{ContinualEdits, ExperimentConfig, SealConfig};
 use crate::data::synthetic::Split;
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::metrics::mean_stderr;
@@ -145,6 +145,14 @@ fn summary_line(condition: &str, method: &str, seed: u64, per_passage: &[QaScore
     let f1: Vec<f64> = per_passage.iter().flat_map(|s| s.f1.iter().copied()).collect();
     let (m, se) = mean_stderr(&em);
     SummaryLine { condition: condition.into(), inner_method: method.into(), seed, n_passages: per_passage.len(), n_questions: em.len(), em: m, em_stderr: se, f1: mean_stderr(&f1).0 }
+}
+
+/// A perfect self-edit: every question of the passage with its first answer, in the closed-book
+/// prompt form followed by the answer, then the passage.
+pub fn oracle_sequences(p: &Passage, qa: &QaFormat) -> Vec<String> {
+    let mut seqs: Vec<String> = p.questions.iter().map(|q| format!("{} {}", super::templates::fill(&qa.closed_book, p, &q.question), q.answers[0])).collect();
+    seqs.push(p.context.clone());
+    seqs
 }
 
 /// The results folder of a config.
@@ -353,7 +361,12 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let mut retention = vec![];
     if seal.continual_passages > 0 {
         let n = seal.continual_passages.min(eval.len());
-        let seqs: Vec<Vec<String>> = (0..n).map(|i| training_sequences(&base_edits[i].first().map(|e| e.text.clone()).unwrap_or_default(), template.split, &eval[i].context)).collect();
+        let seqs: Vec<Vec<String>> = (0..n)
+            .map(|i| match seal.continual_edits {
+                ContinualEdits::Generated => training_sequences(&base_edits[i].first().map(|e| e.text.clone()).unwrap_or_default(), template.split, &eval[i].context),
+                ContinualEdits::Oracle => oracle_sequences(&eval[i], &qa),
+            })
+            .collect();
         for &m in &seal.continual_methods {
             let bar = crate::util::progress_bar(&format!("continual {}", m.name()), n);
             let r = continual(&student, &settings.with_method(m), &qa, &eval[..n], &seqs, seal.seed, |_| bar.inc(1))?;
@@ -406,6 +419,13 @@ fn render_markdown(cfg: &ExperimentConfig, summary: &[SummaryLine], d: &Diagnost
     if !retention.is_empty() {
         md.push('\n');
         md.push_str(&super::continual::render_markdown(retention));
+        md.push_str(&format!(
+            "\nTrained on: each passage plus {}.\n",
+            match s.continual_edits {
+                ContinualEdits::Generated => "its first base self-edit",
+                ContinualEdits::Oracle => "its own questions and answers as Q/A lines (oracle self-edits)",
+            }
+        ));
     }
     md
 }
