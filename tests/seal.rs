@@ -277,6 +277,7 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
     assert_eq!(kept, 2, "top1 keeps one self-edit per passage");
     let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("diagnostics.json")).unwrap()).unwrap();
     assert!(d["open_book_em"].is_f64() && d["self_edits"].as_array().unwrap().len() == 2 && d["rounds"][0]["kept"] == 2, "{d}");
+    assert!(d["inner_update_seconds"].as_f64().unwrap() > 0.0 && d["sampling_seconds_per_passage"].as_f64().unwrap() > 0.0, "{d}");
     let ret: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("retention.json")).unwrap()).unwrap();
     assert_eq!(ret.as_array().unwrap().len(), 2);
     assert_eq!(ret[0]["acc"].as_array().unwrap().len(), 2);

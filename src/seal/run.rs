@@ -95,6 +95,10 @@ pub struct Diagnostics {
     pub open_book_f1: f64,
     pub self_edits: Vec<EditDiagnostics>,
     pub rounds: Vec<RoundReport>,
+    /// Mean wall seconds of one inner update with its closed-book QA, and of sampling k
+    /// self-edits for one passage.
+    pub inner_update_seconds: f64,
+    pub sampling_seconds_per_passage: f64,
 }
 
 pub struct SealOutcome {
@@ -104,6 +108,34 @@ pub struct SealOutcome {
     pub retention: Vec<Retention>,
     pub table: String,
     pub seconds: f64,
+}
+
+/// Wall time of the two costly steps, reported with the diagnostics (what a bigger run will cost).
+#[derive(Default)]
+struct Timings {
+    /// (inner updates + their QA, seconds)
+    inner: std::cell::Cell<(usize, f64)>,
+    /// (passages sampled k self-edits for, seconds)
+    sampling: std::cell::Cell<(usize, f64)>,
+}
+
+impl Timings {
+    fn time<T>(cell: &std::cell::Cell<(usize, f64)>, n: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t0 = std::time::Instant::now();
+        let out = f()?;
+        let (c, secs) = cell.get();
+        cell.set((c + n, secs + t0.elapsed().as_secs_f64()));
+        Ok(out)
+    }
+
+    fn mean(cell: &std::cell::Cell<(usize, f64)>) -> f64 {
+        let (c, secs) = cell.get();
+        if c == 0 {
+            0.0
+        } else {
+            secs / c as f64
+        }
+    }
 }
 
 /// The generator of self-edits: its own weights (ReST-EM changes them, never the student's).
@@ -127,7 +159,11 @@ impl Generator {
         self.chat.wrap(&t.render(p))
     }
 
-    fn sample(&self, t: &Template, p: &Passage, s: &SealConfig, purpose: &str) -> Result<Vec<SelfEdit>> {
+    fn sample(&self, t: &Template, p: &Passage, s: &SealConfig, purpose: &str, timings: &Timings) -> Result<Vec<SelfEdit>> {
+        Timings::time(&timings.sampling, 1, || self.sample_untimed(t, p, s, purpose))
+    }
+
+    fn sample_untimed(&self, t: &Template, p: &Passage, s: &SealConfig, purpose: &str) -> Result<Vec<SelfEdit>> {
         let o = SampleOptions { k: s.k, temperature: s.temperature, top_p: s.top_p, max_new_tokens: s.max_new_tokens, seed: stable_hash(&[&s.seed.to_le_bytes(), p.id.as_bytes(), purpose.as_bytes()]) };
         sample_self_edits(&self.model, &self.tok, &self.prompt(t, p), &o)
     }
@@ -180,12 +216,12 @@ impl Writer {
 
 /// Rewards of the self-edits of one passage with one inner method; written to `edits_out`.
 #[allow(clippy::too_many_arguments)]
-fn score_edits(st: &Student, s: &InnerSettings, qa: &QaFormat, t: &Template, p: &Passage, edits: &[SelfEdit], before: &QaScores, seal: &SealConfig, condition: &str, edits_out: &mut Writer) -> Result<(Vec<super::inner::Reward>, Vec<SelfEditRecord>)> {
+fn score_edits(st: &Student, s: &InnerSettings, qa: &QaFormat, t: &Template, p: &Passage, edits: &[SelfEdit], before: &QaScores, seal: &SealConfig, condition: &str, edits_out: &mut Writer, timings: &Timings) -> Result<(Vec<super::inner::Reward>, Vec<SelfEditRecord>)> {
     let mut rewards = vec![];
     let mut records = vec![];
     for (i, e) in edits.iter().enumerate() {
         let seqs = training_sequences(&e.text, t.split, &p.context);
-        let r = reward(st, s, qa, p, &seqs, before, seal.repeats, seal.seed, i + 1)?;
+        let r = Timings::time(&timings.inner, seal.repeats, || reward(st, s, qa, p, &seqs, before, seal.repeats, seal.seed, i + 1))?;
         records.push(SelfEditRecord {
             condition: condition.into(),
             inner_method: s.ft.method.name().into(),
@@ -218,6 +254,12 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let t_start = std::time::Instant::now();
     let seal = &cfg.seal;
     let device = crate::train::pretrain::device_from(&cfg.run.device)?;
+
+    // Enough synthetic passages? Checked before any pretraining.
+    if seal.model.is_empty() && seal.data.is_empty() {
+        let (have, need) = (cfg.data.world.n_seal_people, seal.eval_passages + seal.train_passages * seal.rounds);
+        anyhow::ensure!(have >= need, "SEAL needs {need} passages (seal.eval_passages + seal.rounds × seal.train_passages) but data.world.n_seal_people = {have}");
+    }
 
     // 1. Student and generator.
     let base: Base = if seal.model.is_empty() { crate::bench::forgetting::pretrained_base(cfg, &device)? } else { load_base(Path::new(&seal.model), &device)? };
@@ -267,6 +309,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let (ob_em, ob_se) = mean_stderr(&ob.em);
     tracing::info!("open-book EM {:.3} ± {:.3} (the ceiling of what self-edits carry)", ob_em, ob_se);
     let mut edit_diags = vec![];
+    let timings = Timings::default();
 
     // Passage only, and base self-edits.
     let bar = crate::util::progress_bar("seal base", eval.len() * (1 + seal.inner_methods.len() * 2));
@@ -274,7 +317,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         .iter()
         .map(|p| {
             bar.inc(1);
-            generator.sample(&template, p, seal, "eval round 0")
+            generator.sample(&template, p, seal, "eval round 0", &timings)
         })
         .collect::<Result<_>>()?;
     edit_diags.push(edit_diagnostics("base-self-edits", &eval.iter().zip(&base_edits).map(|(p, e)| (p, e.as_slice())).collect::<Vec<_>>()));
@@ -284,9 +327,9 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         let mut se = vec![];
         for (i, p) in eval.iter().enumerate() {
             bar.set_message(format!("{} passage {i}", m.name()));
-            po.push(reward(&student, &s, &qa, p, &[p.context.clone()], &before[i], seal.repeats, seal.seed, 0)?.after);
+            po.push(Timings::time(&timings.inner, seal.repeats, || reward(&student, &s, &qa, p, &[p.context.clone()], &before[i], seal.repeats, seal.seed, 0))?.after);
             bar.inc(1);
-            let (rs, _) = score_edits(&student, &s, &qa, &template, p, &base_edits[i], &before[i], seal, "base-self-edits", &mut edits_out)?;
+            let (rs, _) = score_edits(&student, &s, &qa, &template, p, &base_edits[i], &before[i], seal, "base-self-edits", &mut edits_out, &timings)?;
             se.push(mean_scores(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
             bar.inc(1);
         }
@@ -306,9 +349,9 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         let train_condition = format!("train-round-{round}");
         for p in passages {
             let before_p = closed_book(&base.model, &base.tokenizer, &qa, p)?;
-            let edits = generator.sample(&template, p, seal, &format!("train round {round}"))?;
-            let po = reward(&student, &reward_settings, &qa, p, &[p.context.clone()], &before_p, seal.repeats, seal.seed, 0)?.em;
-            let (rs, mut recs) = score_edits(&student, &reward_settings, &qa, &template, p, &edits, &before_p, seal, &train_condition, &mut edits_out)?;
+            let edits = generator.sample(&template, p, seal, &format!("train round {round}"), &timings)?;
+            let po = Timings::time(&timings.inner, seal.repeats, || reward(&student, &reward_settings, &qa, p, &[p.context.clone()], &before_p, seal.repeats, seal.seed, 0))?.em;
+            let (rs, mut recs) = score_edits(&student, &reward_settings, &qa, &template, p, &edits, &before_p, seal, &train_condition, &mut edits_out, &timings)?;
             let em: Vec<f64> = rs.iter().map(|r| r.em).collect();
             let kept = select(&em, po, seal.filter);
             for (i, rec) in recs.iter_mut().enumerate() {
@@ -340,7 +383,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
             .iter()
             .map(|p| {
                 bar.inc(1);
-                generator.sample(&template, p, seal, &format!("eval round {round}"))
+                generator.sample(&template, p, seal, &format!("eval round {round}"), &timings)
             })
             .collect::<Result<_>>()?;
         edit_diags.push(edit_diagnostics(&condition, &eval.iter().zip(&edits).map(|(p, e)| (p, e.as_slice())).collect::<Vec<_>>()));
@@ -348,7 +391,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
             let s = settings.with_method(m);
             let mut se = vec![];
             for (i, p) in eval.iter().enumerate() {
-                let (rs, _) = score_edits(&student, &s, &qa, &template, p, &edits[i], &before[i], seal, &condition, &mut edits_out)?;
+                let (rs, _) = score_edits(&student, &s, &qa, &template, p, &edits[i], &before[i], seal, &condition, &mut edits_out, &timings)?;
                 se.push(mean_scores(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
                 bar.inc(1);
             }
@@ -378,7 +421,15 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         super::continual::plot(&out.join("retention"), &retention)?;
     }
 
-    let diagnostics = Diagnostics { open_book_em: ob_em, open_book_em_stderr: ob_se, open_book_f1: mean_stderr(&ob.f1).0, self_edits: edit_diags, rounds };
+    let diagnostics = Diagnostics {
+        open_book_em: ob_em,
+        open_book_em_stderr: ob_se,
+        open_book_f1: mean_stderr(&ob.f1).0,
+        self_edits: edit_diags,
+        rounds,
+        inner_update_seconds: Timings::mean(&timings.inner),
+        sampling_seconds_per_passage: Timings::mean(&timings.sampling),
+    };
     crate::io::atomic::write_atomic(&out.join("diagnostics.json"), serde_json::to_string_pretty(&diagnostics)?.as_bytes())?;
     let seconds = t_start.elapsed().as_secs_f64();
     let table = render_markdown(cfg, &summary, &diagnostics, &retention, seconds);
@@ -406,6 +457,7 @@ fn render_markdown(cfg: &ExperimentConfig, summary: &[SummaryLine], d: &Diagnost
         md.push_str(&format!("| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} |\n", l.condition, l.inner_method, l.n_passages, l.n_questions, l.em, l.em_stderr, l.f1));
     }
     md.push_str(&format!("\n## Diagnostics\n\nOpen-book EM (the passage in the prompt): {:.3} ± {:.3}, F1 {:.3}.\n\n", d.open_book_em, d.open_book_em_stderr, d.open_book_f1));
+    md.push_str(&format!("One inner update with its QA: {:.2} s; sampling k self-edits for a passage: {:.2} s.\n\n", d.inner_update_seconds, d.sampling_seconds_per_passage));
     md.push_str("| self-edits | n | gold answer in self-edit | mean length (tokens) |\n|---|---:|---:|---:|\n");
     for e in &d.self_edits {
         md.push_str(&format!("| {} | {} | {:.3} | {:.1} ± {:.1} |\n", e.condition, e.n_self_edits, e.gold_answer_in_self_edit, e.mean_self_edit_tokens, e.self_edit_tokens_stderr));
