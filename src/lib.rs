@@ -11,6 +11,7 @@ pub mod eval;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod seal;
 pub mod train;
 pub mod util;
 

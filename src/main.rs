@@ -155,6 +155,13 @@ enum Command {
         #[arg(long, default_value = "f32")]
         dtype: memtune::io::gguf::WeightDtype,
     },
+    /// SEAL (`[seal]`): self-edits, inner-loop rewards, ReST-EM rounds, continual SEAL; writes
+    /// self_edits.jsonl, summary.jsonl, diagnostics.json, results.md (and retention.png) and prints
+    /// the table.
+    Seal {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
     /// Data utilities.
     Data {
         #[command(subcommand)]
@@ -334,6 +341,12 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = ExperimentConfig::load(cfg.config.as_deref(), &sets)?;
             let report = bench::finetune::finetune_command(&model, &cfg, out.as_deref(), merge)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Seal { cfg } => {
+            let out = memtune::seal::run::run(&cfg.load()?)?;
+            println!("{}", out.table);
+            println!("results: {} (summary.jsonl, self_edits.jsonl, diagnostics.json)", out.out.display());
             Ok(())
         }
         Command::Inspect { cfg, model, texts, batches, top } => {

@@ -173,28 +173,8 @@ pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let runs = cfg.forgetting.runs(&cfg.finetune).map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;
 
-    // 1. Pretrained model.
-    let pdir = pretrain_dir(cfg);
-    let ckpt = pdir.join(CHECKPOINT_DIR);
-    let mut pcfg = cfg.clone();
-    pcfg.run.dir = pdir.display().to_string();
-    let done = Checkpoint::exists(&ckpt) && crate::train::background::checkpoint_step(&ckpt)? == cfg.train.steps;
-    if done {
-        tracing::info!("reusing the pretrained model in {}", pdir.display());
-    } else {
-        let resume = Checkpoint::exists(&ckpt);
-        tracing::info!("pretraining into {} ({} steps{})", pdir.display(), cfg.train.steps, if resume { ", resumed" } else { "" });
-        pretrain::run(&pcfg, resume)?;
-    }
-    // 2. Background index.
-    let mut base = load_base(&ckpt, &device)?;
-    if base.background.as_ref().map(|b| b.batches) != Some(cfg.background.batches as u64) {
-        let bar = crate::util::progress_bar("background", cfg.background.batches);
-        let r = build_and_store(&ckpt, &cfg.background, &device, |d, _| bar.set_position(d as u64))?;
-        bar.finish_and_clear();
-        tracing::info!("background index: {} batches, {:.1}% of slots accessed ({:.0} s)", r.batches, 100.0 * r.coverage, r.seconds);
-        base = load_base(&ckpt, &device)?;
-    }
+    // 1, 2. Pretrained model and its background index.
+    let base = pretrained_base(cfg, &device)?;
     let world = base.world.clone().context("the forgetting benchmark needs a model pretrained on the synthetic world (data.source = \"synthetic\")")?;
     let run_cfg = base.run_cfg.clone().expect("memtune checkpoints carry their config");
 
@@ -276,6 +256,33 @@ pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
     // 5. Table and plot.
     let (summary, table) = write_report(&out, &results, &pre, cfg.forgetting.match_tolerance, Some(t_start.elapsed().as_secs_f64()))?;
     Ok(ForgettingOutcome { out, results, before, summary, table })
+}
+
+/// The model of `cfg` pretrained on its data into `pretrain_dir(cfg)`, or the finished run found
+/// there (same `[model]`, `[train]`, `[data]` hash; an unfinished one is resumed), with its
+/// background index of `background.batches` batches built unless the checkpoint holds it.
+pub fn pretrained_base(cfg: &ExperimentConfig, device: &Device) -> Result<Base> {
+    let pdir = pretrain_dir(cfg);
+    let ckpt = pdir.join(CHECKPOINT_DIR);
+    let mut pcfg = cfg.clone();
+    pcfg.run.dir = pdir.display().to_string();
+    let done = Checkpoint::exists(&ckpt) && crate::train::background::checkpoint_step(&ckpt)? == cfg.train.steps;
+    if done {
+        tracing::info!("reusing the pretrained model in {}", pdir.display());
+    } else {
+        let resume = Checkpoint::exists(&ckpt);
+        tracing::info!("pretraining into {} ({} steps{})", pdir.display(), cfg.train.steps, if resume { ", resumed" } else { "" });
+        pretrain::run(&pcfg, resume)?;
+    }
+    let mut base = load_base(&ckpt, device)?;
+    if base.background.as_ref().map(|b| b.batches) != Some(cfg.background.batches as u64) {
+        let bar = crate::util::progress_bar("background", cfg.background.batches);
+        let r = build_and_store(&ckpt, &cfg.background, device, |d, _| bar.set_position(d as u64))?;
+        bar.finish_and_clear();
+        tracing::info!("background index: {} batches, {:.1}% of slots accessed ({:.0} s)", r.batches, 100.0 * r.coverage, r.seconds);
+        base = load_base(&ckpt, device)?;
+    }
+    Ok(base)
 }
 
 /// The pretrained model's measures, kept beside the results (`pretrained.json`).

@@ -118,6 +118,81 @@ pub fn scatter_with_fronts(stem: &Path, spec: &PlotSpec) -> Result<()> {
     Ok(())
 }
 
+/// One heatmap panel: `values[row][col]` in [0, 1], drawn white (0) to blue (1) with the value
+/// written in each cell.
+pub struct Heatmap {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub col_labels: Vec<String>,
+    pub values: Vec<Vec<f64>>,
+}
+
+fn draw_heatmaps<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, panels: &[Heatmap]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (area, h) in areas.into_iter().zip(panels) {
+        let rows = h.values.len().max(1) as u32;
+        let cols = h.values.iter().map(|r| r.len()).max().unwrap_or(0).max(1) as u32;
+        // Segmented axes put each label at the centre of its cell.
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&h.title, (FONT, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(40)
+            // A segmented 0..n range has n + 1 cells.
+            .build_cartesian_2d((0..cols - 1).into_segmented(), (0..rows - 1).into_segmented())
+            .map_err(err)?;
+        let labels = h.col_labels.clone();
+        let center = |v: &SegmentValue<u32>| match v {
+            SegmentValue::CenterOf(c) => Some(*c),
+            _ => None,
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(h.x_label.as_str())
+            .y_desc(h.y_label.as_str())
+            .x_labels(cols as usize)
+            .y_labels(rows as usize)
+            .x_label_formatter(&|v| center(v).and_then(|c| labels.get(c as usize).cloned()).unwrap_or_default())
+            // Row 0 at the top.
+            .y_label_formatter(&|v| center(v).filter(|&c| c < rows).map(|c| (rows - 1 - c).to_string()).unwrap_or_default())
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 15))
+            .draw()
+            .map_err(err)?;
+        for (i, row) in h.values.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let v = v.clamp(0.0, 1.0);
+                let c = RGBColor((255.0 * (1.0 - 0.85 * v)) as u8, (255.0 * (1.0 - 0.6 * v)) as u8, 255);
+                let (x, y) = (j as u32, rows - 1 - i as u32);
+                let cell = [(SegmentValue::Exact(x), SegmentValue::Exact(y)), (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1))];
+                chart.draw_series(std::iter::once(Rectangle::new(cell, c.filled()))).map_err(err)?;
+                let text_color = if v > 0.6 { WHITE } else { BLACK };
+                let style = (FONT, 12).into_font().color(&text_color).pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center));
+                chart
+                    .draw_series(std::iter::once(Text::new(format!("{v:.2}"), (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)), style)))
+                    .map_err(err)?;
+            }
+        }
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Heatmap panels side by side as `<stem>.png`.
+pub fn heatmaps_png(stem: &Path, panels: &[Heatmap]) -> Result<()> {
+    register_font();
+    let png = stem.with_extension("png");
+    let w = 520 * panels.len().max(1) as u32;
+    draw_heatmaps(BitMapBackend::new(&png, (w, 500)).into_drawing_area(), panels).with_context(|| format!("cannot draw {}", png.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +212,14 @@ mod tests {
         assert_eq!(&png[1..4], b"PNG");
         let svg = std::fs::read_to_string(d.path().join("p.svg")).unwrap();
         assert!(svg.contains("<svg") && svg.contains("alpha") && svg.contains("font-family=\"sans-serif\""), "legend text is in the SVG");
+    }
+
+    #[test]
+    fn writes_heatmaps_of_any_size() {
+        let d = tempfile::tempdir().unwrap();
+        let panel = |n: usize| Heatmap { title: format!("{n}"), x_label: "j".into(), y_label: "i".into(), col_labels: (0..n).map(|j| j.to_string()).collect(), values: vec![vec![0.5; n]; n] };
+        heatmaps_png(&d.path().join("h"), &[panel(1), panel(3)]).unwrap();
+        let png = std::fs::read(d.path().join("h.png")).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
     }
 }

@@ -93,19 +93,23 @@ pub fn greedy_answers(model: &Llama, tok: &Tokenizer, prompts: &[String]) -> Res
     greedy_answers_ids(model, tok, ids)
 }
 
-/// As [`greedy_answers`], for prompts given as token ids.
+/// As [`greedy_answers`], for prompts given as token ids. Answers stop at any of the tokenizer's
+/// end tokens.
 pub fn greedy_answers_ids(model: &Llama, tok: &Tokenizer, ids: Vec<Vec<u32>>) -> Result<Vec<String>> {
     let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for (i, p) in ids.iter().enumerate() {
         by_len.entry(p.len()).or_default().push(i);
     }
     let mut preds = vec![String::new(); ids.len()];
+    // Every end token stops an answer (a chat model ends its turn with <|im_end|>, not EOS).
+    let mut stops = tok.stop_ids().to_vec();
+    stops.push(tok.eos_id());
     for idx in by_len.values() {
         for chunk in idx.chunks(QA_BATCH) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-            let outs = super::generate::greedy_batch(model, &batch, MAX_ANSWER_TOKENS, &[tok.eos_id()])?;
+            let outs = super::generate::greedy_batch(model, &batch, MAX_ANSWER_TOKENS, &stops)?;
             for (&i, out) in chunk.iter().zip(outs) {
-                let out: Vec<u32> = out.into_iter().filter(|&t| t != tok.eos_id()).collect();
+                let out: Vec<u32> = out.into_iter().filter(|t| !stops.contains(t)).collect();
                 preds[i] = tok.decode(&out)?.split('\n').next().unwrap_or("").trim().to_string();
             }
         }

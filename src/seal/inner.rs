@@ -1,0 +1,178 @@
+//! The inner loop: a fresh deep copy of the current weights per candidate (`train::methods::
+//! prepare` copies them, so nothing leaks between candidates or repeats), finetuned on a
+//! self-edit's training sequences with any method (`lora` | `full` | `sparse-memory`, settings
+//! from `[finetune.<method>]`), then asked the passage's questions closed-book.
+//! Reward = accuracy after − accuracy before (EM; F1 too), averaged over r repeats whose seeds
+//! differ (adapter init, sparse-memory random ranking, epoch order).
+
+use super::passages::Passage;
+use super::templates::QaFormat;
+use crate::config::{FinetuneConfig, MethodKind};
+use crate::data::batches::{Batch, PaddedBatch};
+use crate::data::tokenizer::Tokenizer;
+use crate::eval::metrics::{exact_match, token_f1};
+use crate::eval::qa::greedy_answers;
+use crate::model::lora::merge_into_base;
+use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore};
+use crate::train::methods::{finetune, prepare, Finetuned};
+use crate::train::tfidf::BackgroundIndex;
+use crate::util::{rng_for, stable_hash};
+use anyhow::{ensure, Result};
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+/// The model self-edits update: its weights, the model over them, and what training needs.
+pub struct Student<'a> {
+    pub cfg: &'a LlamaConfig,
+    pub store: &'a ParamStore,
+    pub model: &'a Llama,
+    pub tok: &'a Tokenizer,
+    pub background: Option<&'a BackgroundIndex>,
+}
+
+/// How an inner update trains.
+#[derive(Clone, Debug)]
+pub struct InnerSettings {
+    /// `method` picks the method; its `[finetune.<method>]` section its hyperparameters.
+    pub ft: FinetuneConfig,
+    /// Passes over the sequences.
+    pub epochs: usize,
+    /// Sequences per batch.
+    pub batch_size: usize,
+}
+
+impl InnerSettings {
+    pub fn with_method(&self, m: MethodKind) -> Self {
+        let mut s = self.clone();
+        s.ft.method = m;
+        s
+    }
+}
+
+/// Training batches of `seqs`: each row EOS + text + EOS (a document as pretraining framed it),
+/// cut to the model's context, `batch_size` rows per batch, `epochs` passes in a seeded order.
+pub fn inner_batches(tok: &Tokenizer, seqs: &[String], batch_size: usize, epochs: usize, max_pos: usize, seed: u64) -> Result<Vec<Batch>> {
+    ensure!(!seqs.is_empty(), "an inner update needs at least one training sequence");
+    let eos = tok.eos_id();
+    let rows = seqs
+        .iter()
+        .map(|s| {
+            let mut ids = vec![eos];
+            ids.extend(tok.encode(s)?);
+            ids.push(eos);
+            ids.truncate(max_pos + 1);
+            Ok(ids)
+        })
+        .collect::<Result<Vec<Vec<u32>>>>()?;
+    let mut rng = rng_for(seed, "seal-inner-order");
+    let mut out = vec![];
+    for _ in 0..epochs {
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(batch_size) {
+            let b: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
+            out.push(PaddedBatch::from_sequences(&b, eos)?.to_batch());
+        }
+    }
+    Ok(out)
+}
+
+/// Finetune a fresh copy of the student's weights on `seqs`.
+pub fn update(st: &Student, s: &InnerSettings, seqs: &[String], seed: u64) -> Result<Finetuned> {
+    let mut ft = s.ft.clone();
+    ft.seed = seed;
+    let batches = inner_batches(st.tok, seqs, s.batch_size, s.epochs, st.cfg.max_position_embeddings, seed)?;
+    let p = prepare(&ft, st.cfg, st.store, st.background, st.model.device())?;
+    Ok(finetune(p, batches, |_| {})?.0)
+}
+
+/// The weights of a finetuned model with any adapter folded in (continual SEAL keeps them); `ft`
+/// is the config it was trained with.
+pub fn merged(t: Finetuned, ft: &FinetuneConfig) -> Result<ParamStore> {
+    if t.method == MethodKind::Lora {
+        merge_into_base(&t.store, &ft.lora.lora())?;
+    }
+    Ok(t.store)
+}
+
+/// A frozen model over `store`.
+pub fn model_over(cfg: &LlamaConfig, store: &ParamStore, device: &candle_core::Device) -> Result<Llama> {
+    Llama::new(cfg, &ParamBuilder::existing(store, device).with_trainable(|_| false))
+}
+
+/// Per-question scores.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct QaScores {
+    pub em: Vec<f64>,
+    pub f1: Vec<f64>,
+}
+
+impl QaScores {
+    pub fn mean_em(&self) -> f64 {
+        mean(&self.em)
+    }
+    pub fn mean_f1(&self) -> f64 {
+        mean(&self.f1)
+    }
+}
+
+pub fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
+}
+
+/// Greedy answers to already formatted prompts, scored against each question's answers.
+pub fn score_prompts(model: &Llama, tok: &Tokenizer, prompts: &[String], p: &Passage) -> Result<QaScores> {
+    let preds = greedy_answers(model, tok, prompts)?;
+    Ok(QaScores {
+        em: preds.iter().zip(&p.questions).map(|(a, q)| exact_match(a, &q.answers)).collect(),
+        f1: preds.iter().zip(&p.questions).map(|(a, q)| token_f1(a, &q.answers)).collect(),
+    })
+}
+
+/// The passage's questions asked closed-book.
+pub fn closed_book(model: &Llama, tok: &Tokenizer, qa: &QaFormat, p: &Passage) -> Result<QaScores> {
+    let prompts: Vec<String> = p.questions.iter().map(|q| qa.closed(p, &q.question)).collect();
+    score_prompts(model, tok, &prompts, p)
+}
+
+/// What one candidate's updates did, averaged over the repeats.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reward {
+    pub em_before: f64,
+    pub f1_before: f64,
+    pub em_after: f64,
+    pub f1_after: f64,
+    /// em_after − em_before: the reward.
+    pub em: f64,
+    pub f1: f64,
+    /// Per question, the after-scores averaged over repeats.
+    #[serde(skip)]
+    pub after: QaScores,
+}
+
+/// The seed of repeat `r` of candidate `candidate` of a passage.
+pub fn candidate_seed(seed: u64, passage: &str, candidate: usize, repeat: usize) -> u64 {
+    stable_hash(&[&seed.to_le_bytes(), passage.as_bytes(), &(candidate as u64).to_le_bytes(), &(repeat as u64).to_le_bytes()])
+}
+
+/// Reward of training on `seqs`: `repeats` updates of fresh copies, each scored closed-book
+/// against `before` (the student's own scores on `p`).
+pub fn reward(st: &Student, s: &InnerSettings, qa: &QaFormat, p: &Passage, seqs: &[String], before: &QaScores, repeats: usize, seed: u64, candidate: usize) -> Result<Reward> {
+    ensure!(repeats > 0, "seal.repeats must be > 0");
+    let n = p.questions.len();
+    let mut after = QaScores { em: vec![0.0; n], f1: vec![0.0; n] };
+    for r in 0..repeats {
+        let t = update(st, s, seqs, candidate_seed(seed, &p.id, candidate, r))?;
+        let sc = closed_book(&t.model, st.tok, qa, p)?;
+        for i in 0..n {
+            after.em[i] += sc.em[i] / repeats as f64;
+            after.f1[i] += sc.f1[i] / repeats as f64;
+        }
+    }
+    let (eb, fb, ea, fa) = (before.mean_em(), before.mean_f1(), after.mean_em(), after.mean_f1());
+    Ok(Reward { em_before: eb, f1_before: fb, em_after: ea, f1_after: fa, em: ea - eb, f1: fa - fb, after })
+}

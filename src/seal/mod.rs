@@ -1,0 +1,11 @@
+//! SEAL (DESIGN.md §3): self-edit generation, inner-loop updates with any finetuning method,
+//! rewards, ReST-EM, diagnostics, and continual SEAL with a retention matrix.
+
+pub mod continual;
+pub mod diagnostics;
+pub mod inner;
+pub mod passages;
+pub mod rest_em;
+pub mod run;
+pub mod self_edit;
+pub mod templates;
