@@ -767,10 +767,12 @@ pub enum ContinualEdits {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ChatMode {
-    /// ChatML when the model folder's `tokenizer_config.json` has a ChatML `chat_template`;
-    /// plain text when it has none.
+    /// The model folder's `tokenizer_config.json` `chat_template`, rendered as Jinja; plain text
+    /// when it has none.
     Auto,
+    /// A bare ChatML user turn and an open assistant turn.
     Chatml,
+    /// Plain prompts.
     None,
 }
 

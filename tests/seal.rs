@@ -311,6 +311,21 @@ fn templates_fill_title_and_passage_and_apply_chatml() {
     let chat = ChatFormat::resolve(ChatMode::Auto, d.path()).unwrap();
     assert_eq!(chat.wrap("Hi"), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     assert_eq!(ChatFormat::resolve(ChatMode::None, d.path()).unwrap(), ChatFormat::Plain);
+    // The template is rendered as Jinja, as transformers does: SmolLM2's default system turn and
+    // a template using bos_token come out as the model was trained on them.
+    let smol_full = r#"{"chat_template": "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"}"#;
+    std::fs::write(d.path().join("tokenizer_config.json"), smol_full).unwrap();
+    let full = ChatFormat::resolve(ChatMode::Auto, d.path()).unwrap();
+    assert_eq!(
+        full.wrap("Hi"),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(full.end_token(), Some("<|im_end|>"));
+    let llama = r#"{"bos_token": "<s>", "eos_token": {"content": "</s>"}, "chat_template": "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] | trim }} [/INST]{% endfor %}"}"#;
+    std::fs::write(d.path().join("tokenizer_config.json"), llama).unwrap();
+    let l = ChatFormat::resolve(ChatMode::Auto, d.path()).unwrap();
+    assert_eq!((l.wrap("Hi").as_str(), l.end_token()), ("<s>[INST] Hi [/INST]", Some("</s>")));
+    // A template that does not show the message verbatim is refused, pointing at seal.chat.
     std::fs::write(d.path().join("tokenizer_config.json"), r#"{"chat_template": "[INST] {{ x }} [/INST]"}"#).unwrap();
     let e = ChatFormat::resolve(ChatMode::Auto, d.path()).unwrap_err().to_string();
     assert!(e.contains("seal.chat"), "{e}");

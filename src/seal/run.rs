@@ -149,10 +149,7 @@ struct Generator {
 
 impl Generator {
     fn end_token(&self) -> u32 {
-        match self.chat {
-            ChatFormat::ChatMl => self.tok.token_to_id("<|im_end|>").unwrap_or(self.tok.eos_id()),
-            ChatFormat::Plain => self.tok.eos_id(),
-        }
+        self.chat.end_token().and_then(|t| self.tok.token_to_id(t)).unwrap_or(self.tok.eos_id())
     }
 
     fn prompt(&self, t: &Template, p: &Passage) -> String {
@@ -268,7 +265,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let mut generator = if seal.teacher.is_empty() {
         let store = base.store.deep_clone()?;
         let model = model_over(&base.model_cfg, &store, &device)?;
-        Generator { cfg: base.model_cfg.clone(), store, model, tok: base.tokenizer.clone(), chat: qa.chat }
+        Generator { cfg: base.model_cfg.clone(), store, model, tok: base.tokenizer.clone(), chat: qa.chat.clone() }
     } else {
         let t = load_base(Path::new(&seal.teacher), &device).with_context(|| format!("seal.teacher = {}", seal.teacher))?;
         let chat = ChatFormat::resolve(seal.chat, &t.dir)?;
