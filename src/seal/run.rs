@@ -372,7 +372,10 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         }
         let n = passages.len().max(1) as f64;
         let rep = RoundReport { round, passages: passages.len(), kept: pairs.len(), mean_best_reward: best_sum / n, mean_passage_only_reward: po_sum / n, sft_first_loss: first, sft_last_loss: last };
-        tracing::info!("ReST-EM round {round}: kept {} self-edits of {} passages (mean best reward {:.3}, passage-only {:.3}); SFT loss {:.3} -> {:.3}", rep.kept, rep.passages, rep.mean_best_reward, rep.mean_passage_only_reward, first, last);
+        tracing::info!("ReST-EM round {round}: kept {} self-edits of {} passages (mean best reward {:.3}, passage-only {:.3}); {}", rep.kept, rep.passages, rep.mean_best_reward, rep.mean_passage_only_reward, sft_losses(first, last));
+        if pairs.is_empty() {
+            tracing::warn!("ReST-EM round {round}: the filter `{:?}` kept no self-edit, so the generator is unchanged", seal.filter);
+        }
         rounds.push(rep);
 
         let condition = format!("round-{round}");
@@ -460,9 +463,9 @@ fn render_markdown(cfg: &ExperimentConfig, summary: &[SummaryLine], d: &Diagnost
         md.push_str(&format!("| {} | {} | {:.3} | {:.1} ± {:.1} |\n", e.condition, e.n_self_edits, e.gold_answer_in_self_edit, e.mean_self_edit_tokens, e.self_edit_tokens_stderr));
     }
     if !d.rounds.is_empty() {
-        md.push_str("\n## ReST-EM rounds\n\n| round | passages | kept | mean best reward | mean passage-only reward | SFT loss first → last |\n|---:|---:|---:|---:|---:|---|\n");
+        md.push_str("\n## ReST-EM rounds\n\n| round | passages | kept | mean best reward | mean passage-only reward | generator SFT |\n|---:|---:|---:|---:|---:|---|\n");
         for r in &d.rounds {
-            md.push_str(&format!("| {} | {} | {} | {:.3} | {:.3} | {:.3} → {:.3} |\n", r.round, r.passages, r.kept, r.mean_best_reward, r.mean_passage_only_reward, r.sft_first_loss, r.sft_last_loss));
+            md.push_str(&format!("| {} | {} | {} | {:.3} | {:.3} | {} |\n", r.round, r.passages, r.kept, r.mean_best_reward, r.mean_passage_only_reward, sft_losses(r.sft_first_loss, r.sft_last_loss)));
         }
     }
     if !retention.is_empty() {
@@ -477,4 +480,13 @@ fn render_markdown(cfg: &ExperimentConfig, summary: &[SummaryLine], d: &Diagnost
         ));
     }
     md
+}
+
+/// The generator's SFT loss, first → last step, or why there was none.
+fn sft_losses(first: f32, last: f32) -> String {
+    if first.is_nan() {
+        "no SFT (nothing kept)".into()
+    } else {
+        format!("SFT loss {first:.3} → {last:.3}")
+    }
 }
