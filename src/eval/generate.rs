@@ -44,23 +44,42 @@ pub fn sample_many(model: &Llama, prompt: &[u32], k: usize, opts: &GenerateOptio
     let last = logits.i(prompt.len() - 1)?.to_vec1::<f32>()?;
     let mut cache = if k > 1 { cache.repeat_batch(k)? } else { cache };
     let mut rng = rng_for(opts.seed, "generate");
-    let mut next: Vec<u32> = (0..k).map(|_| pick(&last, opts, &mut rng)).collect();
+    let first: Vec<u32> = (0..k).map(|_| pick(&last, opts, &mut rng)).collect();
+    let budget = opts.max_new_tokens.min(max_pos - prompt.len());
+    decode(model, &mut cache, &mut ctx, first, budget, &opts.stop_tokens, |row| pick(row, opts, &mut rng))
+}
+
+/// The decoding loop shared by [`sample_many`] and [`greedy_batch`]: rows (one per sequence of
+/// the cache's batch) start from `next`; each step appends every unfinished row's token (a stop
+/// token finishes its row and is kept) and feeds all rows' tokens back through the cache;
+/// `choose` picks the next token from a row's logits. Stops when every row is done or after
+/// `budget` tokens.
+fn decode(
+    model: &Llama,
+    cache: &mut KvCache,
+    ctx: &mut ForwardCtx,
+    mut next: Vec<u32>,
+    budget: usize,
+    stop_tokens: &[u32],
+    mut choose: impl FnMut(&[f32]) -> u32,
+) -> Result<Vec<Vec<u32>>> {
+    let k = next.len();
+    let dev = model.device();
     let mut outs: Vec<Vec<u32>> = vec![Vec::new(); k];
     let mut done = vec![false; k];
-    let budget = opts.max_new_tokens.min(max_pos - prompt.len());
     for step in 0..budget {
         for i in 0..k {
             if !done[i] {
                 outs[i].push(next[i]);
-                done[i] = opts.stop_tokens.contains(&next[i]);
+                done[i] = stop_tokens.contains(&next[i]);
             }
         }
         if done.iter().all(|d| *d) || step + 1 == budget {
             break;
         }
         let input = Tensor::new(next.as_slice(), dev)?.unsqueeze(1)?; // (k, 1)
-        let logits = model.forward(&input, Some(&mut cache), &mut ctx)?.to_vec2::<f32>()?;
-        next = logits.iter().map(|row| pick(row, opts, &mut rng)).collect();
+        let logits = model.forward(&input, Some(cache), ctx)?.to_vec2::<f32>()?;
+        next = logits.iter().map(|row| choose(row)).collect();
     }
     Ok(outs)
 }
@@ -138,23 +157,7 @@ pub fn greedy_batch(model: &Llama, prompts: &[Vec<u32>], max_new_tokens: usize, 
     let input = Tensor::from_vec(flat, (b, t), dev)?;
     let logits = model.forward(&input, Some(&mut cache), &mut ctx)?; // (b·t, V)
     let last = logits.reshape((b, t, ()))?.i((.., t - 1))?.to_vec2::<f32>()?;
-    let mut next: Vec<u32> = last.iter().map(|row| argmax(row)).collect();
-    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut done = vec![false; b];
+    let next: Vec<u32> = last.iter().map(|row| argmax(row)).collect();
     let budget = max_new_tokens.min(max_pos - t);
-    for step in 0..budget {
-        for i in 0..b {
-            if !done[i] {
-                outs[i].push(next[i]);
-                done[i] = stop_tokens.contains(&next[i]);
-            }
-        }
-        if done.iter().all(|d| *d) || step + 1 == budget {
-            break;
-        }
-        let input = Tensor::new(next.as_slice(), dev)?.unsqueeze(1)?; // (b, 1)
-        let logits = model.forward(&input, Some(&mut cache), &mut ctx)?.to_vec2::<f32>()?;
-        next = logits.iter().map(|row| argmax(row)).collect();
-    }
-    Ok(outs)
+    decode(model, &mut cache, &mut ctx, next, budget, stop_tokens, argmax)
 }

@@ -213,27 +213,23 @@ pub fn init_model_dir(cfg: &ExperimentConfig) -> Result<PathBuf> {
 /// `[init] model`, `cfg` itself.
 pub fn with_init_model(cfg: &ExperimentConfig) -> Result<ExperimentConfig> {
     let mut out = cfg.clone();
-    if cfg.init.model.is_empty() {
-        if cfg.init.trainable == crate::config::InitTrainable::Memory && cfg.model.memory.as_ref().is_none_or(|m| m.layers.is_empty()) {
-            anyhow::bail!("init.trainable = \"memory\" needs a memory layer (model.memory.layers)");
+    if !cfg.init.model.is_empty() {
+        let dir = init_model_dir(cfg)?;
+        let base = crate::model::pretrained::load_config(&dir)?;
+        if base.memory.is_some() && cfg.model.memory.is_some() && base.memory != cfg.model.memory {
+            anyhow::bail!("init.model {} already has a memory layer that differs from [model.memory]; drop [model.memory] to keep it", dir.display());
         }
-        return Ok(out);
+        let memory = cfg.model.memory.clone().or(base.memory.clone());
+        out.model = crate::model::LlamaConfig { memory, ..base };
+        out.model.validate().map_err(|e| anyhow::anyhow!("init.model {} with [model.memory]: {e}", dir.display()))?;
+        let max = out.model.max_position_embeddings;
+        anyhow::ensure!(cfg.train.seq_len <= max, "train.seq_len ({}) exceeds init.model's max_position_embeddings ({max})", cfg.train.seq_len);
+        if cfg.data.tokenizer.is_empty() {
+            out.data.tokenizer = dir.join("tokenizer.json").display().to_string();
+        }
     }
-    let dir = init_model_dir(cfg)?;
-    let base = crate::model::pretrained::load_config(&dir)?;
-    if base.memory.is_some() && cfg.model.memory.is_some() && base.memory != cfg.model.memory {
-        anyhow::bail!("init.model {} already has a memory layer that differs from [model.memory]; drop [model.memory] to keep it", dir.display());
-    }
-    let memory = cfg.model.memory.clone().or(base.memory.clone());
-    out.model = crate::model::LlamaConfig { memory, ..base };
-    out.model.validate().map_err(|e| anyhow::anyhow!("init.model {} with [model.memory]: {e}", dir.display()))?;
-    let max = out.model.max_position_embeddings;
-    anyhow::ensure!(cfg.train.seq_len <= max, "train.seq_len ({}) exceeds init.model's max_position_embeddings ({max})", cfg.train.seq_len);
     if cfg.init.trainable == crate::config::InitTrainable::Memory && out.model.memory.as_ref().is_none_or(|m| m.layers.is_empty()) {
         anyhow::bail!("init.trainable = \"memory\" needs a memory layer (model.memory.layers)");
-    }
-    if cfg.data.tokenizer.is_empty() {
-        out.data.tokenizer = dir.join("tokenizer.json").display().to_string();
     }
     Ok(out)
 }
