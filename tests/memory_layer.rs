@@ -327,7 +327,7 @@ fn value_gradients_match_dense_reference_at_scale() {
     let (scores, handle) = memtune::ops::product_key_topk(&q, &keys, m.knn).unwrap();
     let slots = handle.get().unwrap();
     assert_eq!(*slots, *ctx.memory[0].slots);
-    let w = memtune::ops::softmax_last_dim(&scores).unwrap().reshape((n, 1, m.heads * m.knn)).unwrap();
+    let w = memtune::ops::softmax_rows(&scores).unwrap().reshape((n, 1, m.heads * m.knn)).unwrap();
     let idx = Tensor::from_vec(slots.to_vec(), slots.len(), &Device::Cpu).unwrap();
     let rows = table.as_tensor().index_select(&idx, 0).unwrap().reshape((n, m.heads * m.knn, vd)).unwrap();
     let y = w.matmul(&rows).unwrap().reshape((n, vd)).unwrap();
@@ -367,7 +367,7 @@ fn qk_norm_scores_have_attention_scale() {
     let q = layer.query.forward(&unit_rms_rows(n, 64, 3)).unwrap().reshape((n, 4, 16)).unwrap();
     let q = memtune::ops::rms_norm(&q, &wq, layer.eps).unwrap().reshape((n, 2, 32)).unwrap();
     let keys = memtune::ops::rms_norm(&layer.keys, &wk, layer.eps).unwrap();
-    let w = memtune::ops::softmax_last_dim(&memtune::ops::product_key_topk(&q, &keys, m.knn).unwrap().0).unwrap();
+    let w = memtune::ops::softmax_rows(&memtune::ops::product_key_topk(&q, &keys, m.knn).unwrap().0).unwrap();
     let top1 = w.narrow(2, 0, 1).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
     // Measured 0.19 (0.44 with unit-RMS queries).
     assert!(top1 < 0.3, "mean top-1 softmax weight {top1} at init");

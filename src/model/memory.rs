@@ -176,7 +176,7 @@ impl FeedForward for MemoryLayer {
             None => (q.reshape((n, c.heads, c.k_dim))?, self.keys.clone()),
         };
         let (scores, handle) = ops::product_key_topk(&q, &keys, c.knn)?;
-        let w = ops::softmax_last_dim(&scores)?;
+        let w = ops::softmax_rows(&scores)?;
         let slots = handle.get().context("product-key top-k produced no slots")?;
         let (rows, inverse) = unique_inverse(&slots);
         let gathered = gather_rows(&self.values, &rows)?;

@@ -27,7 +27,7 @@ pub use embedding_bag::embedding_bag;
 pub use product_keys::{product_key_topk, SlotHandle};
 pub use rmsnorm::rms_norm;
 pub use rope::{rope, RopeTables};
-pub use softmax::softmax_last_dim;
+pub use softmax::softmax_rows;
 pub use swiglu::swiglu;
 
 /// Targets equal to this are ignored by the loss (padding).

@@ -56,9 +56,10 @@ impl CustomOp1 for Softmax {
     }
 }
 
-/// Softmax over the last dim of x (any rank ≥ 1).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    expect_f32("softmax_last_dim", "x", x)?;
+/// Softmax over the last dim of x (any rank ≥ 1), with an analytic backward (unlike candle's fused
+/// `softmax_last_dim`).
+pub fn softmax_rows(x: &Tensor) -> Result<Tensor> {
+    expect_f32("softmax_rows", "x", x)?;
     if x.elem_count() == 0 {
         return Ok(x.clone());
     }
@@ -75,7 +76,7 @@ mod tests {
     #[test]
     fn softmax_finite_differences() {
         let x = (randn((3, 2, 5), 40).unwrap() * 2.0).unwrap();
-        assert_grads("softmax_last_dim", |a| softmax_last_dim(&a[0]), &[x], &[0], &GradCheckOpts { tol: 2e-3, ..Default::default() });
+        assert_grads("softmax_rows", |a| softmax_rows(&a[0]), &[x], &[0], &GradCheckOpts { tol: 2e-3, ..Default::default() });
     }
 
     #[test]
@@ -89,13 +90,13 @@ mod tests {
             let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
             (y, g.get(xv.as_tensor()).unwrap().clone())
         };
-        let (y, dx) = run(&|x| softmax_last_dim(x));
+        let (y, dx) = run(&|x| softmax_rows(x));
         let (ry, rdx) = run(&|x| reference::softmax(x));
         assert_close(&y, &ry, 1e-5, "softmax forward");
         assert_close(&dx, &rdx, 1e-4, "softmax dx");
         // A stride-0 gradient (from sum_all) and a non-contiguous input.
         let xv = Var::from_tensor(&randn((4, 6), 43).unwrap()).unwrap();
-        let g = softmax_last_dim(&xv.as_tensor().t().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = softmax_rows(&xv.as_tensor().t().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
         let s: f32 = g.get(xv.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!(s < 1e-5, "softmax rows sum to 1, so d(sum)/dx = 0; got {s}");
     }
