@@ -587,7 +587,7 @@ impl Default for DataConfig {
 pub struct RunConfig {
     /// Run directory: checkpoints, metrics.jsonl, the resolved config.
     pub dir: String,
-    /// "cpu", "cuda:N" or "metal".
+    /// "cpu", "cuda" (= cuda:0) or "cuda:N" (the CUDA build); `--device` on the command line.
     pub device: String,
 }
 
@@ -654,6 +654,9 @@ impl ExperimentConfig {
     fn validate(&self) -> std::result::Result<(), (String, String)> {
         let t = &self.train;
         let bad = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if let Err(m) = crate::device::DeviceSpec::parse(&self.run.device) {
+            return Err(("run.device".into(), m));
+        }
         if t.batch_size == 0 {
             return bad("train.batch_size", "must be > 0");
         }
@@ -752,6 +755,32 @@ pub enum SealFilter {
     AboveGroupMean,
 }
 
+/// How a predicted answer is scored against the gold answers. All three are always reported;
+/// `seal.metric` picks the one rewards, ReST-EM's filter and continual SEAL's retention use.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerMetric {
+    /// SQuAD exact match of the normalised answer.
+    #[default]
+    Em,
+    /// SQuAD token F1.
+    F1,
+    /// A gold answer occurs, as whole normalised words, in the predicted answer: a lenient
+    /// stand-in for the paper's LLM grader, for small chat models that answer in sentences.
+    Contains,
+}
+
+impl AnswerMetric {
+    /// As tables print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerMetric::Em => "EM",
+            AnswerMetric::F1 => "F1",
+            AnswerMetric::Contains => "contains",
+        }
+    }
+}
+
 /// What continual SEAL trains on besides each passage.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -804,6 +833,12 @@ pub struct SealConfig {
     pub qa_template: String,
     pub open_book_template: String,
     pub chat: ChatMode,
+    /// Text the answer starts with, after the chat template's assistant turn opens (e.g.
+    /// "Answer:"): it makes a chat model give the answer rather than a sentence around it.
+    pub answer_prefix: String,
+    /// The accuracy rewards, ReST-EM's filter and continual SEAL use (em, f1 and contains are
+    /// all reported either way).
+    pub metric: AnswerMetric,
     /// k self-edits sampled per passage.
     pub k: usize,
     pub temperature: f64,
@@ -851,6 +886,8 @@ impl Default for SealConfig {
             qa_template: "Q: {question} A:".into(),
             open_book_template: "{passage}\nQ: {question} A:".into(),
             chat: ChatMode::Auto,
+            answer_prefix: String::new(),
+            metric: AnswerMetric::Em,
             k: 5,
             temperature: 1.0,
             top_p: 0.95,

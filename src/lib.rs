@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod io;

@@ -12,7 +12,8 @@ struct Cli {
     command: Command,
 }
 
-/// `--config FILE` and repeated `--set key=value`, shared by every command that runs an experiment.
+/// `--config FILE`, repeated `--set key=value` and `--device`, shared by every command that runs
+/// an experiment.
 #[derive(Args, Clone)]
 struct ConfigArgs {
     /// Experiment config (TOML); built-in defaults when omitted.
@@ -21,11 +22,41 @@ struct ConfigArgs {
     /// Override any config key, e.g. `--set train.lr=1e-3` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// `--device`: where tensors live (overrides `run.device`).
+#[derive(Args, Clone, Default)]
+struct DeviceArg {
+    /// cpu, cuda (= cuda:0) or cuda:N; needs the CUDA build for a GPU (default: the config's
+    /// run.device, cpu).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl DeviceArg {
+    /// `run.device=...` for `--set`, when given.
+    fn set(&self) -> Option<String> {
+        self.device.as_ref().map(|d| format!("run.device={}", toml::Value::String(d.clone())))
+    }
 }
 
 impl ConfigArgs {
+    /// `--set` with `--device` last (it wins).
+    fn sets(&self) -> Vec<String> {
+        self.set.iter().cloned().chain(self.device.set()).collect()
+    }
+
     fn load(&self) -> Result<ExperimentConfig> {
-        ExperimentConfig::load(self.config.as_deref(), &self.set)
+        ExperimentConfig::load(self.config.as_deref(), &self.sets())
+    }
+
+    /// The config and its opened device.
+    fn load_with_device(&self) -> Result<(ExperimentConfig, candle_core::Device)> {
+        let cfg = self.load()?;
+        let device = memtune::device::open(&cfg.run.device)?;
+        Ok((cfg, device))
     }
 }
 
@@ -219,6 +250,8 @@ enum BenchCommand {
         /// Override any config key (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        #[command(flatten)]
+        device: DeviceArg,
         /// The small preset (the config's `forgetting.quick` overrides): for tests and the demo.
         #[arg(long)]
         quick: bool,
@@ -258,6 +291,8 @@ enum BenchCommand {
         warmup: usize,
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Prefill and decode speed with the KV cache (greedy, random prompt tokens) of a model
     /// folder, or of a config's architecture with random weights; prints one JSON line.
@@ -293,7 +328,7 @@ fn run(cli: Cli) -> Result<()> {
     use memtune::{bench, data, eval, model, train};
     match cli.command {
         Command::Demo { cfg } => {
-            let cfg = bench::demo::config(cfg.config.as_deref(), &cfg.set)?;
+            let cfg = bench::demo::config(cfg.config.as_deref(), &cfg.sets())?;
             bench::demo::run(&cfg)?;
             Ok(())
         }
@@ -303,38 +338,39 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Generate { cfg, model, prompt, max_new_tokens, temperature, top_p, seed } => {
-            cfg.load()?;
+            let (_, device) = cfg.load_with_device()?;
             let opts = eval::GenerateOptions { max_new_tokens, temperature, top_p, seed, stop_tokens: vec![] };
-            println!("{}", eval::generate::generate_text(&model, &prompt, &opts)?);
+            println!("{}", eval::generate::generate_text(&model, &prompt, &opts, &device)?);
             Ok(())
         }
         Command::Score { cfg, model, text, file } => {
-            cfg.load()?;
+            let (_, device) = cfg.load_with_device()?;
             let mut texts = text;
             if let Some(f) = file {
                 let body = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
                 texts.extend(body.lines().filter(|l| !l.trim().is_empty()).map(String::from));
             }
             anyhow::ensure!(!texts.is_empty(), "score needs --text or --file");
-            for line in eval::score::score_texts(&model, &texts)? {
+            for line in eval::score::score_texts(&model, &texts, &device)? {
                 println!("{}", serde_json::to_string(&line)?);
             }
             Ok(())
         }
         Command::Eval { cfg, model, qa, split, limit } => {
-            let cfg = cfg.load()?;
+            let (cfg, device) = cfg.load_with_device()?;
             let limit = limit.unwrap_or(cfg.eval.max_questions);
-            let report = eval::qa::eval_command(&model, qa.as_deref(), &split, limit, cfg.train.seed)?;
+            let report = eval::qa::eval_command(&model, qa.as_deref(), &split, limit, cfg.train.seed, &device)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Background { cfg, model } => {
-            let report = train::background::background_command(&model, &cfg.load()?.background)?;
+            let (cfg, device) = cfg.load_with_device()?;
+            let report = train::background::background_command(&model, &cfg.background, &device)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Finetune { cfg, model, method, out, merge } => {
-            let mut sets = cfg.set.clone();
+            let mut sets = cfg.sets();
             if let Some(m) = method {
                 sets.insert(0, format!("finetune.method=\"{m}\""));
             }
@@ -350,20 +386,22 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect { cfg, model, texts, batches, top } => {
-            cfg.load()?;
-            let report = eval::inspect::inspect_command(&model, &texts, batches, top)?;
+            let (_, device) = cfg.load_with_device()?;
+            let report = eval::inspect::inspect_command(&model, &texts, batches, top, &device)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Forgetting { config, set, quick, report } } => {
+        Command::Bench { command: BenchCommand::Forgetting { config, set, device, quick, report } } => {
+            let set: Vec<String> = set.into_iter().chain(device.set()).collect();
             let cfg = bench::forgetting::load_config(config.as_deref(), quick, &set)?;
             let out = if report { bench::forgetting::report_only(&cfg, quick)? } else { bench::forgetting::run(&cfg, quick)? };
             println!("{}", out.table);
             println!("results: {}\nplot: {} (and .svg)", out.out.join("results.jsonl").display(), out.out.join("pareto.png").display());
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Memory { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps } } => {
-            let o = bench::memory::MemoryBenchOptions { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps };
+        Command::Bench { command: BenchCommand::Memory { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps, device } } => {
+            let device = memtune::device::open(device.device.as_deref().unwrap_or("cpu"))?;
+            let o = bench::memory::MemoryBenchOptions { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps, device };
             bench::memory::run(&o, |line| println!("{}", serde_json::to_string(line).unwrap()))?;
             Ok(())
         }
@@ -388,13 +426,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { command: BenchCommand::Generate { model, cfg, prompt_tokens, new_tokens, batch, warmup, runs } } => {
             let o = bench::generate::GenerateBenchOptions { prompt_tokens, new_tokens, batch, warmup, runs, seed: 0 };
+            let (cfg, device) = cfg.load_with_device()?;
             let report = match model {
                 Some(dir) => {
-                    let m = model::pretrained::load_model_dir(&dir, &candle_core::Device::Cpu)?;
+                    let m = model::pretrained::load_model_dir(&dir, &device)?;
                     bench::generate::run(&m.model, m.store.num_elements(), &o)?
                 }
                 None => {
-                    let b = bench::step::StepBench::new(&cfg.load()?)?;
+                    let b = bench::step::StepBench::new(&cfg)?;
                     bench::generate::run(&b.model, b.store.num_elements(), &o)?
                 }
             };

@@ -67,6 +67,24 @@ fn bad_input_exits_non_zero_with_a_named_error() {
     let (ok, _, err) = memtune(&["score", "--model", "/nonexistent/model", "--text", "x"]);
     assert!(!ok);
     assert!(err.contains("/nonexistent/model"), "{err}");
+    // --device: a bad name is refused as the config key it sets, before any work.
+    let (ok, _, err) = memtune(&["pretrain", "--config", "configs/tiny-test.toml", "--device", "tpu"]);
+    assert!(!ok && err.contains("run.device") && err.contains("`tpu`"), "{err}");
+}
+
+/// A CPU-only binary asked for a GPU says so and how to build one, on every kind of command.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cpu_build_refuses_a_gpu_device_by_name() {
+    for args in [
+        &["pretrain", "--config", "configs/tiny-test.toml", "--device", "cuda:0"][..],
+        &["bench", "memory", "--n-keys", "8", "--device", "cuda"],
+        &["bench", "forgetting", "--quick", "--device", "cuda:1", "--set", "run.dir=\"/nonexistent-memtune-run\""],
+        &["score", "--model", "/nonexistent/model", "--text", "x", "--device", "cuda:0"],
+    ] {
+        let (ok, _, err) = memtune(args);
+        assert!(!ok && err.contains("built without CUDA") && err.contains("--features cuda"), "{args:?}: {err}");
+    }
 }
 
 #[test]

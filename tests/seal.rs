@@ -11,7 +11,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use memtune::bench::finetune::Base;
-use memtune::config::{ExperimentConfig, MethodKind, SealFilter};
+use memtune::config::{AnswerMetric, ExperimentConfig, MethodKind, SealFilter};
 use memtune::data::synthetic::Split;
 use memtune::ops::IGNORE_INDEX;
 use memtune::seal::inner::{closed_book, merged, model_over, reward, update, InnerSettings, Student};
@@ -49,7 +49,7 @@ fn student(b: &Base) -> Student<'_> {
 }
 
 fn qa() -> QaFormat {
-    QaFormat { closed_book: "Q: {question} A:".into(), open_book: "{passage}\nQ: {question} A:".into(), chat: ChatFormat::Plain }
+    QaFormat { closed_book: "Q: {question} A:".into(), open_book: "{passage}\nQ: {question} A:".into(), chat: ChatFormat::Plain, answer_prefix: String::new() }
 }
 
 fn settings(method: MethodKind, sets: &[&str]) -> InnerSettings {
@@ -131,8 +131,10 @@ fn inner_loop_leaves_the_base_bit_identical_and_candidates_independent() {
         assert_eq!(reward(&st, &s, &qa(), p, &a, &before, 2, 5, 1).unwrap(), ra, "{m:?}: same seed, same reward");
         assert_eq!(bits(&b.store), before_bits, "{m:?}: the student's weights changed");
         assert_ne!(ua, before_bits, "{m:?}: the update changed nothing");
-        assert!((ra.em - (ra.em_after - ra.em_before)).abs() < 1e-12 && (ra.f1 - (ra.f1_after - ra.f1_before)).abs() < 1e-12);
-        assert_eq!(ra.em_before, before.mean_em());
+        for m in [AnswerMetric::Em, AnswerMetric::F1, AnswerMetric::Contains] {
+            assert!((ra.gain.of(m) - (ra.after_mean.of(m) - ra.before.of(m))).abs() < 1e-12, "{m:?}");
+            assert_eq!(ra.before.of(m), before.mean(m), "{m:?}");
+        }
     }
     // LoRA repeats differ (adapter init follows the seed).
     let s = settings(MethodKind::Lora, &[]);
@@ -203,7 +205,7 @@ fn continual_retention_matrix_has_the_accuracy_right_after_each_update_on_its_di
     let ps: Vec<Passage> = Passage::from_world(b.world.as_ref().unwrap(), Split::Seal).into_iter().take(3).map(|p| p.limit_questions(4)).collect();
     let seqs: Vec<Vec<String>> = ps.iter().map(|p| answer_lines(p).into_iter().chain([p.context.clone()]).collect()).collect();
     let s = settings(MethodKind::Lora, &["finetune.lora.lr=1e-2", "seal.inner_epochs=8"]);
-    let r = memtune::seal::continual::continual(&st, &s, &qa(), &ps, &seqs, 3, |_| {}).unwrap();
+    let r = memtune::seal::continual::continual(&st, &s, &qa(), AnswerMetric::Em, &ps, &seqs, 3, |_| {}).unwrap();
     assert_eq!((r.acc.len(), r.acc[0].len(), r.before.len()), (3, 3, 3));
     // Recompute the diagonal independently: the same updates in sequence, measured right after.
     let mut store = b.store.deep_clone().unwrap();
@@ -213,7 +215,7 @@ fn continual_retention_matrix_has_the_accuracy_right_after_each_update_on_its_di
         let t = update(&cur, &s, &seqs[j], memtune::seal::inner::candidate_seed(3, &ps[j].id, 0, j)).unwrap();
         store = merged(t, &s.ft).unwrap();
         let model = model_over(&b.model_cfg, &store, &Device::Cpu).unwrap();
-        assert_eq!(r.acc[j][j], closed_book(&model, &b.tokenizer, &qa(), &ps[j]).unwrap().mean_em(), "diagonal at {j}");
+        assert_eq!(r.acc[j][j], closed_book(&model, &b.tokenizer, &qa(), &ps[j]).unwrap().mean(AnswerMetric::Em), "diagonal at {j}");
     }
     assert!(r.newest() > 0.0, "learning the answers verbatim must answer some questions: {:?}", r.acc);
     let md = memtune::seal::continual::render_markdown(&[r]);
@@ -242,7 +244,7 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
     let o = Command::new(env!("CARGO_BIN_EXE_memtune")).args(&args).output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout.contains("| no-update | none |") && stdout.contains("Open-book EM"), "{stdout}");
+    assert!(stdout.contains("| no-update | none |") && stdout.contains("Open-book (the passage in the prompt): EM"), "{stdout}");
     let lines = |f: &str| -> Vec<serde_json::Value> { std::fs::read_to_string(out.join(f)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
     let summary = lines("summary.jsonl");
     let got: Vec<(String, String)> = summary.iter().map(|l| (l["condition"].as_str().unwrap().into(), l["inner_method"].as_str().unwrap().into())).collect();
@@ -253,7 +255,7 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
     assert_eq!(got, want);
     for l in &summary {
         assert_eq!((l["seed"].as_u64(), l["n_passages"].as_u64(), l["n_questions"].as_u64()), (Some(0), Some(2), Some(10)), "{l}");
-        for k in ["em", "f1", "em_stderr"] {
+        for k in ["em", "f1", "em_stderr", "f1_stderr", "contains", "contains_stderr"] {
             assert!(l[k].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)), "{k} in {l}");
         }
     }
@@ -267,7 +269,7 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
         for k in ["sample", "n_tokens", "sequences"] {
             assert!(e[k].is_u64(), "{k} in {e}");
         }
-        for k in ["em_before", "em_after", "f1_before", "f1_after", "reward_em", "reward_f1"] {
+        for k in ["em_before", "em_after", "f1_before", "f1_after", "contains_before", "contains_after", "reward_em", "reward_f1", "reward_contains"] {
             assert!(e[k].is_f64(), "{k} in {e}");
         }
         assert!((e["reward_em"].as_f64().unwrap() - (e["em_after"].as_f64().unwrap() - e["em_before"].as_f64().unwrap())).abs() < 1e-9);
@@ -332,6 +334,9 @@ fn templates_fill_title_and_passage_and_apply_chatml() {
     let q = QaFormat { chat, ..qa() };
     assert_eq!(q.closed(&p, "Where?"), "<|im_start|>user\nQ: Where? A:<|im_end|>\n<|im_start|>assistant\n");
     assert!(q.open(&p, "Where?").contains("Ada was born in Paris.\nQ: Where? A:"));
+    // The answer prefix opens the assistant's answer, after the chat template.
+    let q = QaFormat { answer_prefix: "Answer:".into(), ..q };
+    assert!(q.closed(&p, "Where?").ends_with("<|im_start|>assistant\nAnswer:") && q.open(&p, "Where?").ends_with("assistant\nAnswer:"));
     let p = Passage { questions: vec![memtune::eval::qa::QaItem { question: "Where was Ada born?".into(), answers: vec!["Paris".into(), "paris".into()] }], ..p };
     assert_eq!(memtune::seal::run::oracle_sequences(&p, &qa()), ["Q: Where was Ada born? A: Paris", "Ada was born in Paris."]);
 }

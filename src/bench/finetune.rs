@@ -107,7 +107,7 @@ pub struct FinetuneReport {
 /// `memtune finetune`.
 pub fn finetune_command(model_dir: &Path, cfg: &ExperimentConfig, out: Option<&Path>, merge: bool) -> Result<FinetuneReport> {
     let ft = &cfg.finetune;
-    let base = load_base(model_dir, &Device::Cpu)?;
+    let base = load_base(model_dir, &crate::device::open(&cfg.run.device)?)?;
     let facts = facts_for(ft, base.world.as_ref())?;
     let items = fact_items(&facts, 0);
     let eval = |m: &Llama| -> Result<(Option<QaReport>, Option<QaReport>)> {

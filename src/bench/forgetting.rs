@@ -168,7 +168,7 @@ pub struct ForgettingOutcome {
 /// Run the benchmark of `cfg` (see the module doc).
 pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
     let t_start = std::time::Instant::now();
-    let device = Device::Cpu;
+    let device = crate::device::open(&cfg.run.device)?;
     let out = out_dir(cfg, quick);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let runs = cfg.forgetting.runs(&cfg.finetune).map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;

@@ -22,6 +22,7 @@ pub struct MemoryBenchOptions {
     pub v_dim: usize,
     pub warmup: usize,
     pub reps: usize,
+    pub device: Device,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,7 +53,7 @@ pub struct LayerBench {
 
 impl LayerBench {
     pub fn new(o: &MemoryBenchOptions, n_keys: usize) -> Result<Self> {
-        let dev = Device::Cpu;
+        let dev = o.device.clone();
         let mut rng = rng_for(0, "bench-memory");
         let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| StandardNormal.sample(&mut rng)).collect() };
         let x = Tensor::from_vec(normal(o.tokens * o.d_model), (o.tokens, o.d_model), &dev)?;
@@ -70,9 +71,12 @@ impl LayerBench {
         let t0 = Instant::now();
         let mut ctx = ForwardCtx::default();
         let y = self.layer.forward(&self.x, &mut ctx)?;
+        // A GPU runs asynchronously: wait for it before reading the clock.
+        self.x.device().synchronize()?;
         let t_fwd = t0.elapsed().as_secs_f64();
         let grads = (y * &self.proj)?.sum_all()?.backward()?;
         std::hint::black_box(grads.get(ctx.memory[0].values.as_tensor()));
+        self.x.device().synchronize()?;
         Ok((t_fwd * 1e3, t0.elapsed().as_secs_f64() * 1e3, ctx.memory[0].rows.len()))
     }
 }

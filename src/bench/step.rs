@@ -4,7 +4,7 @@
 use crate::config::ExperimentConfig;
 use crate::data::batches::{BatchSource, PackedStream};
 use crate::model::{Llama, ParamStore};
-use crate::train::pretrain::{device_from, init_model, make_optimizer, with_init_model};
+use crate::train::pretrain::{init_model, make_optimizer, with_init_model};
 use crate::train::trainer::Trainer;
 use crate::util::rng_for;
 use anyhow::Result;
@@ -37,7 +37,7 @@ impl StepBench {
     /// The model `pretrain` would start from: random weights of `[model]`, or `[init] model`.
     pub fn new(cfg: &ExperimentConfig) -> Result<Self> {
         let cfg = with_init_model(cfg)?;
-        let device = device_from(&cfg.run.device)?;
+        let device = crate::device::open(&cfg.run.device)?;
         let store = ParamStore::new();
         let model = init_model(&cfg, &store, &device)?;
         Ok(Self { store, model, cfg })

@@ -102,11 +102,11 @@ fn add_trace(per_layer: &mut [(usize, Vec<u64>)], t: &MemoryTrace) {
 
 /// `memtune inspect`: load a model folder and run `batches` batches of `texts` (or of the run's
 /// own training distribution, with the held-out seed) through it.
-pub fn inspect_command(model_dir: &std::path::Path, texts: &[std::path::PathBuf], batches: usize, top: usize) -> Result<InspectReport> {
+pub fn inspect_command(model_dir: &std::path::Path, texts: &[std::path::PathBuf], batches: usize, top: usize, device: &candle_core::Device) -> Result<InspectReport> {
     use crate::config::{DataSource, ExperimentConfig};
     use crate::train::pretrain::{training_stream, HELDOUT_SEED};
     let dir = crate::model::pretrained::resolve_model_dir(model_dir)?;
-    let m = crate::model::pretrained::load_model_dir(&dir, &candle_core::Device::Cpu)?;
+    let m = crate::model::pretrained::load_model_dir(&dir, device)?;
     let exp = dir.join("experiment.toml");
     let mut cfg = if exp.exists() { ExperimentConfig::load(Some(&exp), &[])? } else { ExperimentConfig::default() };
     if !texts.is_empty() {

@@ -23,6 +23,18 @@ pub fn exact_match(prediction: &str, golds: &[impl AsRef<str>]) -> f64 {
     }
 }
 
+/// 1.0 if a normalised gold answer occurs as whole words in the normalised prediction (a lenient
+/// score for models that answer in sentences).
+pub fn contains_answer(prediction: &str, golds: &[impl AsRef<str>]) -> f64 {
+    let t = format!(" {} ", normalize_answer(prediction));
+    let hit = golds.iter().map(|g| normalize_answer(g.as_ref())).filter(|g| !g.is_empty()).any(|g| t.contains(&format!(" {g} ")));
+    if hit {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// Max over gold answers of the token-overlap F1.
 pub fn token_f1(prediction: &str, golds: &[impl AsRef<str>]) -> f64 {
     golds.iter().map(|g| f1_one(prediction, g.as_ref())).fold(0.0, f64::max)
@@ -88,6 +100,14 @@ mod tests {
         assert!((token_f1("New York City", &["New York"]) - 0.8).abs() < 1e-9);
         assert_eq!(token_f1("Boston", &["New York"]), 0.0);
         assert_eq!(token_f1("x", &["y", "x"]), 1.0);
+    }
+
+    #[test]
+    fn contains_matches_whole_words_only() {
+        assert_eq!(contains_answer("It was held in Santa Clara, California.", &["Santa Clara, California"]), 1.0);
+        assert_eq!(contains_answer("The Denver Broncos won", &["Broncos"]), 1.0);
+        assert_eq!(contains_answer("in 17450 BC", &["1745"]), 0.0);
+        assert_eq!(contains_answer("anything", &["the"]), 0.0);
     }
 
     #[test]

@@ -151,9 +151,9 @@ pub fn world_items(world: &World, split: Split) -> Vec<QaItem> {
 }
 
 /// `memtune eval`.
-pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usize, seed: u64) -> Result<QaReport> {
+pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usize, seed: u64, device: &Device) -> Result<QaReport> {
     let model_dir = &crate::model::pretrained::resolve_model_dir(model_dir)?;
-    let m = load_model_dir(model_dir, &Device::Cpu)?;
+    let m = load_model_dir(model_dir, device)?;
     let items = match qa {
         Some(p) => read_jsonl(p)?,
         None => {

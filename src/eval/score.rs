@@ -43,7 +43,7 @@ pub fn score_text(model: &Llama, tok: &Tokenizer, text: &str) -> Result<ScoreLin
 }
 
 /// `memtune score`: load the model folder and score each text.
-pub fn score_texts(model_dir: &Path, texts: &[String]) -> Result<Vec<ScoreLine>> {
-    let m = load_model_dir(model_dir, &Device::Cpu)?;
+pub fn score_texts(model_dir: &Path, texts: &[String], device: &Device) -> Result<Vec<ScoreLine>> {
+    let m = load_model_dir(model_dir, device)?;
     texts.iter().map(|t| score_text(&m.model, &m.tokenizer, t)).collect()
 }

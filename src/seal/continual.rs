@@ -6,16 +6,18 @@
 use super::inner::{closed_book, merged, model_over, update, InnerSettings, Student};
 use super::passages::Passage;
 use super::templates::QaFormat;
-use crate::config::MethodKind;
+use crate::config::{AnswerMetric, MethodKind};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Retention {
     pub method: MethodKind,
-    /// Closed-book EM on passage i before any update.
+    /// The accuracy measured (`seal.metric`).
+    pub metric: AnswerMetric,
+    /// Closed-book accuracy on passage i before any update.
     pub before: Vec<f64>,
-    /// acc[i][j]: closed-book EM on passage i after update j (updates 0..=j applied).
+    /// acc[i][j]: closed-book accuracy on passage i after update j (updates 0..=j applied).
     pub acc: Vec<Vec<f64>>,
     pub seconds: f64,
 }
@@ -48,11 +50,12 @@ impl Retention {
 
 /// Learn `seqs[j]` (passage j's training sequences) for j in order with method `s.ft.method`,
 /// merging each update; `on_update(j)` after each.
-pub fn continual(st: &Student, s: &InnerSettings, qa: &QaFormat, passages: &[Passage], seqs: &[Vec<String>], seed: u64, mut on_update: impl FnMut(usize)) -> Result<Retention> {
+#[allow(clippy::too_many_arguments)]
+pub fn continual(st: &Student, s: &InnerSettings, qa: &QaFormat, metric: AnswerMetric, passages: &[Passage], seqs: &[Vec<String>], seed: u64, mut on_update: impl FnMut(usize)) -> Result<Retention> {
     ensure!(passages.len() == seqs.len() && !passages.is_empty(), "continual SEAL needs one set of training sequences per passage");
     let t0 = std::time::Instant::now();
     let n = passages.len();
-    let before = passages.iter().map(|p| Ok(closed_book(st.model, st.tok, qa, p)?.mean_em())).collect::<Result<Vec<f64>>>()?;
+    let before = passages.iter().map(|p| Ok(closed_book(st.model, st.tok, qa, p)?.mean(metric))).collect::<Result<Vec<f64>>>()?;
     let mut acc = vec![vec![0.0; n]; n];
     let mut store = st.store.deep_clone()?;
     let mut model = model_over(st.cfg, &store, st.model.device())?;
@@ -62,16 +65,17 @@ pub fn continual(st: &Student, s: &InnerSettings, qa: &QaFormat, passages: &[Pas
         store = merged(t, &s.ft)?;
         model = model_over(st.cfg, &store, st.model.device())?;
         for (i, p) in passages.iter().enumerate() {
-            acc[i][j] = closed_book(&model, st.tok, qa, p)?.mean_em();
+            acc[i][j] = closed_book(&model, st.tok, qa, p)?.mean(metric);
         }
         on_update(j);
     }
-    Ok(Retention { method: s.ft.method, before, acc, seconds: t0.elapsed().as_secs_f64() })
+    Ok(Retention { method: s.ft.method, metric, before, acc, seconds: t0.elapsed().as_secs_f64() })
 }
 
 /// A markdown table per method, then a comparison line each.
 pub fn render_markdown(rs: &[Retention]) -> String {
-    let mut md = String::from("## Continual SEAL: retention matrix\n\nacc[i][j] = closed-book EM on passage i after update j (each update merged before the next).\n\n");
+    let metric = rs.first().map(|r| r.metric.name()).unwrap_or("EM");
+    let mut md = format!("## Continual SEAL: retention matrix\n\nacc[i][j] = closed-book {metric} on passage i after update j (each update merged before the next).\n\n");
     md.push_str("| method | newest passage (mean diagonal) | earlier passages after the last update | mean drop from right-after |\n|---|---:|---:|---:|\n");
     for r in rs {
         md.push_str(&format!("| {} | {:.3} | {:.3} | {:.3} |\n", r.method.name(), r.newest(), r.earlier_after_last(), r.mean_drop()));

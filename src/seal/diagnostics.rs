@@ -7,7 +7,7 @@ use super::passages::Passage;
 use super::self_edit::SelfEdit;
 use super::templates::QaFormat;
 use crate::data::tokenizer::Tokenizer;
-use crate::eval::metrics::{mean_stderr, normalize_answer};
+use crate::eval::metrics::{contains_answer, mean_stderr};
 use crate::model::Llama;
 use anyhow::Result;
 use serde::Serialize;
@@ -18,21 +18,14 @@ pub fn open_book(model: &Llama, tok: &Tokenizer, qa: &QaFormat, passages: &[Pass
     for p in passages {
         let prompts: Vec<String> = p.questions.iter().map(|q| qa.open(p, &q.question)).collect();
         let s = score_prompts(model, tok, &prompts, p)?;
-        all.em.extend(s.em);
-        all.f1.extend(s.f1);
+        all.extend(s);
     }
     Ok(all)
 }
 
-/// Whether a gold answer (SQuAD-normalised) occurs as whole words in a normalised text.
-pub fn contains_answer(text: &str, answers: &[String]) -> bool {
-    let t = format!(" {} ", normalize_answer(text));
-    answers.iter().map(|a| normalize_answer(a)).filter(|a| !a.is_empty()).any(|a| t.contains(&format!(" {a} ")))
-}
-
 /// Over every (question, self-edit) pair of a passage: 1 when the self-edit holds an answer.
 pub fn answer_hits(p: &Passage, edits: &[SelfEdit]) -> Vec<f64> {
-    edits.iter().flat_map(|e| p.questions.iter().map(move |q| contains_answer(&e.text, &q.answers) as u8 as f64)).collect()
+    edits.iter().flat_map(|e| p.questions.iter().map(move |q| contains_answer(&e.text, &q.answers))).collect()
 }
 
 /// The diagnostics of one set of self-edits (a condition).

@@ -2,15 +2,15 @@
 //! prepare` copies them, so nothing leaks between candidates or repeats), finetuned on a
 //! self-edit's training sequences with any method (`lora` | `full` | `sparse-memory`, settings
 //! from `[finetune.<method>]`), then asked the passage's questions closed-book.
-//! Reward = accuracy after − accuracy before (EM; F1 too), averaged over r repeats whose seeds
+//! Reward = accuracy after − accuracy before (`seal.metric`: EM by default; all metrics reported), averaged over r repeats whose seeds
 //! differ (adapter init, sparse-memory random ranking, epoch order).
 
 use super::passages::Passage;
 use super::templates::QaFormat;
-use crate::config::{FinetuneConfig, MethodKind};
+use crate::config::{AnswerMetric, FinetuneConfig, MethodKind};
 use crate::data::batches::{Batch, PaddedBatch};
 use crate::data::tokenizer::Tokenizer;
-use crate::eval::metrics::{exact_match, token_f1};
+use crate::eval::metrics::{contains_answer, exact_match, token_f1};
 use crate::eval::qa::greedy_answers;
 use crate::model::lora::merge_into_base;
 use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore};
@@ -100,19 +100,70 @@ pub fn model_over(cfg: &LlamaConfig, store: &ParamStore, device: &candle_core::D
     Llama::new(cfg, &ParamBuilder::existing(store, device).with_trainable(|_| false))
 }
 
-/// Per-question scores.
+/// Per-question scores, under every metric.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct QaScores {
     pub em: Vec<f64>,
     pub f1: Vec<f64>,
+    pub contains: Vec<f64>,
 }
 
 impl QaScores {
-    pub fn mean_em(&self) -> f64 {
-        mean(&self.em)
+    pub fn zeros(n: usize) -> Self {
+        Self { em: vec![0.0; n], f1: vec![0.0; n], contains: vec![0.0; n] }
     }
-    pub fn mean_f1(&self) -> f64 {
-        mean(&self.f1)
+
+    pub fn of(&self, m: AnswerMetric) -> &[f64] {
+        match m {
+            AnswerMetric::Em => &self.em,
+            AnswerMetric::F1 => &self.f1,
+            AnswerMetric::Contains => &self.contains,
+        }
+    }
+
+    pub fn mean(&self, m: AnswerMetric) -> f64 {
+        mean(self.of(m))
+    }
+
+    pub fn means(&self) -> Means {
+        Means { em: self.mean(AnswerMetric::Em), f1: self.mean(AnswerMetric::F1), contains: self.mean(AnswerMetric::Contains) }
+    }
+
+    /// Another set of questions appended.
+    pub fn extend(&mut self, o: QaScores) {
+        self.em.extend(o.em);
+        self.f1.extend(o.f1);
+        self.contains.extend(o.contains);
+    }
+
+    /// Per question, the mean over several scorings of the same questions.
+    pub fn average(all: &[QaScores]) -> QaScores {
+        let n = all.first().map(|s| s.em.len()).unwrap_or(0);
+        let k = all.len().max(1) as f64;
+        let avg = |f: fn(&QaScores) -> &Vec<f64>| (0..n).map(|i| all.iter().map(|s| f(s)[i]).sum::<f64>() / k).collect();
+        QaScores { em: avg(|s| &s.em), f1: avg(|s| &s.f1), contains: avg(|s| &s.contains) }
+    }
+}
+
+/// Mean scores under every metric.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Means {
+    pub em: f64,
+    pub f1: f64,
+    pub contains: f64,
+}
+
+impl Means {
+    pub fn of(&self, m: AnswerMetric) -> f64 {
+        match m {
+            AnswerMetric::Em => self.em,
+            AnswerMetric::F1 => self.f1,
+            AnswerMetric::Contains => self.contains,
+        }
+    }
+
+    fn minus(&self, o: &Means) -> Means {
+        Means { em: self.em - o.em, f1: self.f1 - o.f1, contains: self.contains - o.contains }
     }
 }
 
@@ -127,10 +178,8 @@ pub fn mean(xs: &[f64]) -> f64 {
 /// Greedy answers to already formatted prompts, scored against each question's answers.
 pub fn score_prompts(model: &Llama, tok: &Tokenizer, prompts: &[String], p: &Passage) -> Result<QaScores> {
     let preds = greedy_answers(model, tok, prompts)?;
-    Ok(QaScores {
-        em: preds.iter().zip(&p.questions).map(|(a, q)| exact_match(a, &q.answers)).collect(),
-        f1: preds.iter().zip(&p.questions).map(|(a, q)| token_f1(a, &q.answers)).collect(),
-    })
+    let score = |f: fn(&str, &[String]) -> f64| preds.iter().zip(&p.questions).map(|(a, q)| f(a, &q.answers)).collect();
+    Ok(QaScores { em: score(exact_match), f1: score(token_f1), contains: score(contains_answer) })
 }
 
 /// The passage's questions asked closed-book.
@@ -142,13 +191,10 @@ pub fn closed_book(model: &Llama, tok: &Tokenizer, qa: &QaFormat, p: &Passage) -
 /// What one candidate's updates did, averaged over the repeats.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Reward {
-    pub em_before: f64,
-    pub f1_before: f64,
-    pub em_after: f64,
-    pub f1_after: f64,
-    /// em_after − em_before: the reward.
-    pub em: f64,
-    pub f1: f64,
+    pub before: Means,
+    pub after_mean: Means,
+    /// after − before under every metric; `seal.metric` picks the reward.
+    pub gain: Means,
     /// Per question, the after-scores averaged over repeats.
     #[serde(skip)]
     pub after: QaScores,
@@ -164,15 +210,14 @@ pub fn candidate_seed(seed: u64, passage: &str, candidate: usize, repeat: usize)
 pub fn reward(st: &Student, s: &InnerSettings, qa: &QaFormat, p: &Passage, seqs: &[String], before: &QaScores, repeats: usize, seed: u64, candidate: usize) -> Result<Reward> {
     ensure!(repeats > 0, "seal.repeats must be > 0");
     let n = p.questions.len();
-    let mut after = QaScores { em: vec![0.0; n], f1: vec![0.0; n] };
-    for r in 0..repeats {
-        let t = update(st, s, seqs, candidate_seed(seed, &p.id, candidate, r))?;
-        let sc = closed_book(&t.model, st.tok, qa, p)?;
-        for i in 0..n {
-            after.em[i] += sc.em[i] / repeats as f64;
-            after.f1[i] += sc.f1[i] / repeats as f64;
-        }
-    }
-    let (eb, fb, ea, fa) = (before.mean_em(), before.mean_f1(), after.mean_em(), after.mean_f1());
-    Ok(Reward { em_before: eb, f1_before: fb, em_after: ea, f1_after: fa, em: ea - eb, f1: fa - fb, after })
+    let runs = (0..repeats)
+        .map(|r| {
+            let t = update(st, s, seqs, candidate_seed(seed, &p.id, candidate, r))?;
+            closed_book(&t.model, st.tok, qa, p)
+        })
+        .collect::<Result<Vec<QaScores>>>()?;
+    let after = QaScores::average(&runs);
+    ensure!(after.em.len() == n, "closed-book scores for {} of {n} questions", after.em.len());
+    let (b, a) = (before.means(), after.means());
+    Ok(Reward { before: b, after_mean: a, gain: a.minus(&b), after })
 }

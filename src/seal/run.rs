@@ -22,7 +22,7 @@ use super::rest_em::{select, sft_batches, sft_generator, sft_pair};
 use super::self_edit::{sample_self_edits, training_sequences, SampleOptions, SelfEdit};
 use super::templates::{ChatFormat, QaFormat, Template};
 use crate::bench::finetune::{load_base, Base};
-use crate::config::{ContinualEdits, ExperimentConfig, SealConfig};
+use crate::config::{AnswerMetric, ContinualEdits, ExperimentConfig, SealConfig};
 use crate::data::synthetic::Split;
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::metrics::mean_stderr;
@@ -44,10 +44,13 @@ pub struct SummaryLine {
     pub n_passages: usize,
     pub n_questions: usize,
     /// Closed-book exact match on the eval passages' questions after the update, its standard
-    /// error over questions, and token F1.
+    /// error over questions; token F1; the fraction of answers that contain a gold answer.
     pub em: f64,
     pub em_stderr: f64,
     pub f1: f64,
+    pub f1_stderr: f64,
+    pub contains: f64,
+    pub contains_stderr: f64,
 }
 
 /// One line of `self_edits.jsonl`: a self-edit and what training on it did.
@@ -68,9 +71,12 @@ pub struct SelfEditRecord {
     pub em_after: f64,
     pub f1_before: f64,
     pub f1_after: f64,
-    /// em_after − em_before, f1_after − f1_before (averaged over `repeats`).
+    pub contains_before: f64,
+    pub contains_after: f64,
+    /// after − before per metric (averaged over `repeats`); `seal.metric` picks the reward.
     pub reward_em: f64,
     pub reward_f1: f64,
+    pub reward_contains: f64,
     /// ReST-EM rounds only: whether the filter kept it for SFT.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kept: Option<bool>,
@@ -93,6 +99,7 @@ pub struct Diagnostics {
     pub open_book_em: f64,
     pub open_book_em_stderr: f64,
     pub open_book_f1: f64,
+    pub open_book_contains: f64,
     pub self_edits: Vec<EditDiagnostics>,
     pub rounds: Vec<RoundReport>,
     /// Mean wall seconds of one inner update with its closed-book QA, and of sampling k
@@ -166,18 +173,13 @@ impl Generator {
     }
 }
 
-/// Mean of per-question scores over several candidates of one passage.
-fn mean_scores(all: &[QaScores]) -> QaScores {
-    let n = all.first().map(|s| s.em.len()).unwrap_or(0);
-    let k = all.len().max(1) as f64;
-    QaScores { em: (0..n).map(|i| all.iter().map(|s| s.em[i]).sum::<f64>() / k).collect(), f1: (0..n).map(|i| all.iter().map(|s| s.f1[i]).sum::<f64>() / k).collect() }
-}
-
 fn summary_line(condition: &str, method: &str, seed: u64, per_passage: &[QaScores]) -> SummaryLine {
-    let em: Vec<f64> = per_passage.iter().flat_map(|s| s.em.iter().copied()).collect();
-    let f1: Vec<f64> = per_passage.iter().flat_map(|s| s.f1.iter().copied()).collect();
-    let (m, se) = mean_stderr(&em);
-    SummaryLine { condition: condition.into(), inner_method: method.into(), seed, n_passages: per_passage.len(), n_questions: em.len(), em: m, em_stderr: se, f1: mean_stderr(&f1).0 }
+    let mut all = QaScores::default();
+    per_passage.iter().for_each(|s| all.extend(s.clone()));
+    let (em, em_stderr) = mean_stderr(&all.em);
+    let (f1, f1_stderr) = mean_stderr(&all.f1);
+    let (contains, contains_stderr) = mean_stderr(&all.contains);
+    SummaryLine { condition: condition.into(), inner_method: method.into(), seed, n_passages: per_passage.len(), n_questions: all.em.len(), em, em_stderr, f1, f1_stderr, contains, contains_stderr }
 }
 
 /// A perfect self-edit: every question of the passage with its first answer, in the closed-book
@@ -228,12 +230,15 @@ fn score_edits(st: &Student, s: &InnerSettings, qa: &QaFormat, t: &Template, p: 
             self_edit: e.text.clone(),
             n_tokens: e.n_tokens,
             sequences: seqs.len(),
-            em_before: r.em_before,
-            em_after: r.em_after,
-            f1_before: r.f1_before,
-            f1_after: r.f1_after,
-            reward_em: r.em,
-            reward_f1: r.f1,
+            em_before: r.before.em,
+            em_after: r.after_mean.em,
+            f1_before: r.before.f1,
+            f1_after: r.after_mean.f1,
+            contains_before: r.before.contains,
+            contains_after: r.after_mean.contains,
+            reward_em: r.gain.em,
+            reward_f1: r.gain.f1,
+            reward_contains: r.gain.contains,
             kept: None,
         });
         rewards.push(r);
@@ -250,7 +255,7 @@ fn score_edits(st: &Student, s: &InnerSettings, qa: &QaFormat, t: &Template, p: 
 pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let t_start = std::time::Instant::now();
     let seal = &cfg.seal;
-    let device = crate::train::pretrain::device_from(&cfg.run.device)?;
+    let device = crate::device::open(&cfg.run.device)?;
 
     // Enough synthetic passages? Checked before any pretraining.
     if seal.model.is_empty() && seal.data.is_empty() {
@@ -261,7 +266,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     // 1. Student and generator.
     let base: Base = if seal.model.is_empty() { crate::bench::forgetting::pretrained_base(cfg, &device)? } else { load_base(Path::new(&seal.model), &device)? };
     let student = Student { cfg: &base.model_cfg, store: &base.store, model: &base.model, tok: &base.tokenizer, background: base.background.as_ref() };
-    let qa = QaFormat { closed_book: seal.qa_template.clone(), open_book: seal.open_book_template.clone(), chat: ChatFormat::resolve(seal.chat, &base.dir)? };
+    let qa = QaFormat::from_config(seal, ChatFormat::resolve(seal.chat, &base.dir)?);
     let mut generator = if seal.teacher.is_empty() {
         let store = base.store.deep_clone()?;
         let model = model_over(&base.model_cfg, &store, &device)?;
@@ -293,7 +298,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let mut edits_out = Writer::create(&out.join("self_edits.jsonl"))?;
     let mut summary = vec![];
     let mut push = |l: SummaryLine, w: &mut Writer| -> Result<()> {
-        tracing::info!("{} ({}): EM {:.3} ± {:.3}, F1 {:.3} on {} questions", l.condition, l.inner_method, l.em, l.em_stderr, l.f1, l.n_questions);
+        tracing::info!("{} ({}): EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3} ± {:.3} on {} questions", l.condition, l.inner_method, l.em, l.em_stderr, l.f1, l.contains, l.contains_stderr, l.n_questions);
         w.line(&l)?;
         summary.push(l);
         Ok(())
@@ -304,7 +309,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     push(summary_line("no-update", "none", seal.seed, &before), &mut summary_out)?;
     let ob = open_book(&base.model, &base.tokenizer, &qa, eval)?;
     let (ob_em, ob_se) = mean_stderr(&ob.em);
-    tracing::info!("open-book EM {:.3} ± {:.3} (the ceiling of what self-edits carry)", ob_em, ob_se);
+    tracing::info!("open-book EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3} (the ceiling of what self-edits carry)", ob_em, ob_se, ob.mean(AnswerMetric::F1), ob.mean(AnswerMetric::Contains));
     let mut edit_diags = vec![];
     let timings = Timings::default();
 
@@ -327,7 +332,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
             po.push(Timings::time(&timings.inner, seal.repeats, || reward(&student, &s, &qa, p, &[p.context.clone()], &before[i], seal.repeats, seal.seed, 0))?.after);
             bar.inc(1);
             let (rs, _) = score_edits(&student, &s, &qa, &template, p, &base_edits[i], &before[i], seal, "base-self-edits", &mut edits_out, &timings)?;
-            se.push(mean_scores(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
+            se.push(QaScores::average(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
             bar.inc(1);
         }
         push(summary_line("passage-only", m.name(), seal.seed, &po), &mut summary_out)?;
@@ -347,15 +352,15 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         for p in passages {
             let before_p = closed_book(&base.model, &base.tokenizer, &qa, p)?;
             let edits = generator.sample(&template, p, seal, &format!("train round {round}"), &timings)?;
-            let po = Timings::time(&timings.inner, seal.repeats, || reward(&student, &reward_settings, &qa, p, &[p.context.clone()], &before_p, seal.repeats, seal.seed, 0))?.em;
+            let po = Timings::time(&timings.inner, seal.repeats, || reward(&student, &reward_settings, &qa, p, &[p.context.clone()], &before_p, seal.repeats, seal.seed, 0))?.gain.of(seal.metric);
             let (rs, mut recs) = score_edits(&student, &reward_settings, &qa, &template, p, &edits, &before_p, seal, &train_condition, &mut edits_out, &timings)?;
-            let em: Vec<f64> = rs.iter().map(|r| r.em).collect();
-            let kept = select(&em, po, seal.filter);
+            let gains: Vec<f64> = rs.iter().map(|r| r.gain.of(seal.metric)).collect();
+            let kept = select(&gains, po, seal.filter);
             for (i, rec) in recs.iter_mut().enumerate() {
                 rec.kept = Some(kept.contains(&i));
                 edits_out.line(rec)?;
             }
-            best_sum += em.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            best_sum += gains.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             po_sum += po;
             for &i in &kept {
                 pairs.push(sft_pair(&generator.tok, &generator.prompt(&template, p), &edits[i].text, generator.end_token(), generator.cfg.max_position_embeddings)?);
@@ -392,7 +397,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
             let mut se = vec![];
             for (i, p) in eval.iter().enumerate() {
                 let (rs, _) = score_edits(&student, &s, &qa, &template, p, &edits[i], &before[i], seal, &condition, &mut edits_out, &timings)?;
-                se.push(mean_scores(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
+                se.push(QaScores::average(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
                 bar.inc(1);
             }
             push(summary_line(&condition, m.name(), seal.seed, &se), &mut summary_out)?;
@@ -412,7 +417,7 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
             .collect();
         for &m in &seal.continual_methods {
             let bar = crate::util::progress_bar(&format!("continual {}", m.name()), n);
-            let r = continual(&student, &settings.with_method(m), &qa, &eval[..n], &seqs, seal.seed, |_| bar.inc(1))?;
+            let r = continual(&student, &settings.with_method(m), &qa, seal.metric, &eval[..n], &seqs, seal.seed, |_| bar.inc(1))?;
             bar.finish_and_clear();
             tracing::info!("continual {}: newest passage {:.3}, earlier passages after the last update {:.3}", m.name(), r.newest(), r.earlier_after_last());
             retention.push(r);
@@ -424,7 +429,8 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let diagnostics = Diagnostics {
         open_book_em: ob_em,
         open_book_em_stderr: ob_se,
-        open_book_f1: mean_stderr(&ob.f1).0,
+        open_book_f1: ob.mean(AnswerMetric::F1),
+        open_book_contains: ob.mean(AnswerMetric::Contains),
         self_edits: edit_diags,
         rounds,
         inner_update_seconds: Timings::mean(&timings.inner),
@@ -452,11 +458,18 @@ fn render_markdown(cfg: &ExperimentConfig, summary: &[SummaryLine], d: &Diagnost
         s.train_passages,
         seconds
     );
-    md.push_str("| condition | inner method | passages | questions | EM | ± stderr | F1 |\n|---|---|---:|---:|---:|---:|---:|\n");
+    md.push_str(&format!("Rewards, ReST-EM's filter and the retention matrix use {}; \"contains\" = a gold answer occurs as whole words in the answer.\n\n", s.metric.name()));
+    md.push_str("| condition | inner method | passages | questions | EM | ± stderr | F1 | ± stderr | contains | ± stderr |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for l in summary {
-        md.push_str(&format!("| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} |\n", l.condition, l.inner_method, l.n_passages, l.n_questions, l.em, l.em_stderr, l.f1));
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            l.condition, l.inner_method, l.n_passages, l.n_questions, l.em, l.em_stderr, l.f1, l.f1_stderr, l.contains, l.contains_stderr
+        ));
     }
-    md.push_str(&format!("\n## Diagnostics\n\nOpen-book EM (the passage in the prompt): {:.3} ± {:.3}, F1 {:.3}.\n\n", d.open_book_em, d.open_book_em_stderr, d.open_book_f1));
+    md.push_str(&format!(
+        "\n## Diagnostics\n\nOpen-book (the passage in the prompt): EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3}.\n\n",
+        d.open_book_em, d.open_book_em_stderr, d.open_book_f1, d.open_book_contains
+    ));
     md.push_str(&format!("One inner update with its QA: {:.2} s; sampling k self-edits for a passage: {:.2} s.\n\n", d.inner_update_seconds, d.sampling_seconds_per_passage));
     md.push_str("| self-edits | n | gold answer in self-edit | mean length (tokens) |\n|---|---:|---:|---:|\n");
     for e in &d.self_edits {

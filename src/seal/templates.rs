@@ -159,14 +159,20 @@ pub struct QaFormat {
     pub closed_book: String,
     pub open_book: String,
     pub chat: ChatFormat,
+    /// Put after the wrapped prompt: the start of the answer (`seal.answer_prefix`).
+    pub answer_prefix: String,
 }
 
 impl QaFormat {
+    pub fn from_config(cfg: &SealConfig, chat: ChatFormat) -> Self {
+        Self { closed_book: cfg.qa_template.clone(), open_book: cfg.open_book_template.clone(), chat, answer_prefix: cfg.answer_prefix.clone() }
+    }
+
     pub fn closed(&self, p: &Passage, question: &str) -> String {
-        self.chat.wrap(&fill(&self.closed_book, p, question))
+        self.chat.wrap(&fill(&self.closed_book, p, question)) + &self.answer_prefix
     }
 
     pub fn open(&self, p: &Passage, question: &str) -> String {
-        self.chat.wrap(&fill(&self.open_book, p, question))
+        self.chat.wrap(&fill(&self.open_book, p, question)) + &self.answer_prefix
     }
 }

@@ -95,9 +95,9 @@ pub fn build_and_store(ckpt_dir: &Path, bg: &BackgroundConfig, device: &Device, 
 }
 
 /// `memtune background`: as [`build_and_store`], with a progress bar.
-pub fn background_command(model_dir: &Path, bg: &BackgroundConfig) -> Result<BackgroundReport> {
+pub fn background_command(model_dir: &Path, bg: &BackgroundConfig, device: &Device) -> Result<BackgroundReport> {
     let bar = crate::util::progress_bar("background", bg.batches);
-    let r = build_and_store(model_dir, bg, &Device::Cpu, |done, _| bar.set_position(done as u64))?;
+    let r = build_and_store(model_dir, bg, device, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     Ok(r)
 }

@@ -27,13 +27,6 @@ pub struct PretrainOutcome {
     pub steps: usize,
 }
 
-pub fn device_from(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        other => anyhow::bail!("device `{other}` is not available in this build (only `cpu`)"),
-    }
-}
-
 /// The tokenizer for a run: the configured file, the run directory's, or one trained on the corpus.
 pub fn run_tokenizer(cfg: &ExperimentConfig, dir: &Path, world: Option<&World>) -> Result<Tokenizer> {
     let in_run = dir.join("tokenizer.json");
@@ -95,7 +88,7 @@ pub fn run(cfg: &ExperimentConfig, resume: bool) -> Result<PretrainOutcome> {
 pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>) -> Result<PretrainOutcome> {
     let cfg = &with_init_model(cfg)?;
     let dir = PathBuf::from(&cfg.run.dir);
-    let device = device_from(&cfg.run.device)?;
+    let device = crate::device::open(&cfg.run.device)?;
     let ckpt_dir = dir.join(CHECKPOINT_DIR);
     let has_ckpt = Checkpoint::exists(&ckpt_dir);
     if has_ckpt && !resume {
