@@ -111,6 +111,10 @@ fn check_inputs(op: &str, logits: &Tensor, targets: &Tensor) -> Result<()> {
 /// Mean NLL of targets (N,) u32 under logits (N, V); IGNORE_INDEX targets are skipped.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     check_inputs("cross_entropy", logits, targets)?;
+    // On a GPU: the differentiable composition of candle primitives (no kernel of our own yet).
+    if !logits.device().is_cpu() {
+        return super::reference::cross_entropy(logits, targets);
+    }
     let op = CrossEntropy { saved: Mutex::new((Vec::new(), 0)) };
     logits.contiguous()?.apply_op2(&targets.contiguous()?, op)
 }
@@ -141,6 +145,10 @@ impl CustomOp2 for TokenLogprobs {
 /// log p(target) per row, (N,), no gradient. IGNORE_INDEX rows give 0.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     check_inputs("token_logprobs", logits, targets)?;
+    // On a GPU: the differentiable composition of candle primitives (no kernel of our own yet).
+    if !logits.device().is_cpu() {
+        return super::reference::token_logprobs(logits, targets);
+    }
     logits.contiguous()?.apply_op2_no_bwd(&targets.contiguous()?, &TokenLogprobs)
 }
 

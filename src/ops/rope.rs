@@ -121,6 +121,10 @@ pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
     if offset + t > max_pos {
         candle_core::bail!("rope: positions {offset}..{} exceed the tables' {max_pos}", offset + t);
     }
+    // On a GPU: the differentiable composition of candle primitives (no kernel of our own yet).
+    if !x.device().is_cpu() {
+        return super::reference::rope(x, &tables.cos.narrow(0, offset, t)?, &tables.sin.narrow(0, offset, t)?);
+    }
     let table = |tb: &Tensor| super::access::with_f32(&tb.to_dtype(candle_core::DType::F32)?.narrow(0, offset, t)?, |s| s.to_vec());
     let op = Rope { cos: table(&tables.cos)?, sin: table(&tables.sin)?, t, h, dh };
     x.contiguous()?.apply_op1(op)

@@ -75,6 +75,10 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if gate.shape() != up.shape() {
         candle_core::bail!("swiglu: gate {:?} and up {:?} differ in shape", gate.shape(), up.shape());
     }
+    // On a GPU: the differentiable composition of candle primitives (no kernel of our own yet).
+    if !gate.device().is_cpu() {
+        return super::reference::swiglu(gate, up);
+    }
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
 

@@ -27,11 +27,21 @@ pub struct PretrainOutcome {
     pub steps: usize,
 }
 
+/// The device a config names: `cpu`, or `cuda` / `cuda:N` (a binary built with `--features cuda`
+/// and an NVIDIA GPU N).
 pub fn device_from(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        other => anyhow::bail!("device `{other}` is not available in this build (only `cpu`)"),
+    let cuda_ordinal = match name {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => Some(0),
+        other => other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
+    };
+    let Some(ordinal) = cuda_ordinal else {
+        anyhow::bail!("device `{name}` is not one of `cpu`, `cuda`, `cuda:N`");
+    };
+    if !cfg!(feature = "cuda") {
+        anyhow::bail!("device `{name}`: this binary was built without CUDA support (rebuild with `--features cuda`, see README)");
     }
+    Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("device `{name}`: no usable CUDA GPU {ordinal} ({e})"))
 }
 
 /// The tokenizer for a run: the configured file, the run directory's, or one trained on the corpus.
