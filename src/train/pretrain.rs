@@ -280,3 +280,23 @@ fn truncate_metrics_after(path: &Path, step: usize) -> Result<()> {
     let body = if kept.is_empty() { String::new() } else { kept.join("\n") + "\n" };
     crate::io::atomic::write_atomic(path, body.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::device_from;
+
+    #[test]
+    fn device_names() {
+        assert!(device_from("cpu").unwrap().is_cpu());
+        let bad = device_from("gpu0").unwrap_err().to_string();
+        assert!(bad.contains("cpu") && bad.contains("cuda:N"), "{bad}");
+        // Without the feature (or without a GPU) `cuda` is a clear error, never a panic.
+        if !cfg!(feature = "cuda") {
+            let e = device_from("cuda:0").unwrap_err().to_string();
+            assert!(e.contains("without CUDA support"), "{e}");
+        }
+        if let Err(e) = device_from("cuda") {
+            assert!(e.to_string().contains("cuda"), "{e}");
+        }
+    }
+}

@@ -24,7 +24,7 @@ pub fn select(q: &Tensor, keys: &Tensor, knn: usize) -> Result<(Tensor, Tensor)>
     let qh = q.detach().transpose(0, 1)?; // (H, N, K)
     let half_scores = |p: usize| -> Result<Tensor> {
         let qp = qh.narrow(2, p * half, half)?.contiguous()?; // (H, N, K/2)
-        let kp = keys.detach().narrow(1, p, 1)?.squeeze(1)?; // (H, n, K/2)
+        let kp = keys.detach().narrow(1, p, 1)?.squeeze(1)?.contiguous()?; // (H, n, K/2)
         qp.matmul(&kp.t()?)?.contiguous() // (H, N, n)
     };
     let (s1, s2) = (half_scores(0)?, half_scores(1)?);

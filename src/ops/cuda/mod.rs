@@ -12,11 +12,11 @@
 pub mod memory;
 pub mod update;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchArgs, LaunchConfig};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaStorage, DType, Device, InplaceOp1, Layout, Result, Shape, Storage, Tensor};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// PTX of each `kernels/NAME.cu` as `NAME` (upper case).
 pub mod ptx {
@@ -29,9 +29,23 @@ const MEMORY_MODULE: &str = "memtune-memory";
 /// Threads per block of the row / element-wise kernels.
 pub const BLOCK: u32 = 256;
 
-/// A kernel of `kernels/memory.cu`, loaded on first use.
-pub fn func(dev: &CudaDevice, name: &str) -> Result<candle_core::cuda_backend::CudaFunc> {
-    dev.get_or_load_custom_func(name, MEMORY_MODULE, ptx::MEMORY)
+/// A loaded kernel and the device's stream it launches on.
+pub struct Kernel {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl Kernel {
+    /// Arguments are pushed in the kernel's parameter order, then `launch`.
+    pub fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
+}
+
+/// A kernel of `kernels/memory.cu` (the module is loaded once per device).
+pub fn func(dev: &CudaDevice, name: &str) -> Result<Kernel> {
+    let func = dev.get_or_load_custom_func(name, MEMORY_MODULE, ptx::MEMORY)?.into_cuda_function();
+    Ok(Kernel { func, stream: dev.cuda_stream() })
 }
 
 /// One thread per element, BLOCK per block.
