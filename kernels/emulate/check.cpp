@@ -1,0 +1,126 @@
+// Checks the kernels of kernels/memory.cu against plain loops, run on the CPU under the thread
+// emulation of shim.h (scripts/check-kernels-on-cpu.sh builds and runs it; no GPU or CUDA needed).
+#include "memory_emu.cpp"
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <cassert>
+static std::mt19937 rng(1);
+static std::vector<float> randv(size_t n, bool integer) {
+  std::normal_distribution<float> nd(0, 1);
+  std::vector<float> v(n);
+  for (auto& x : v) x = integer ? std::round(nd(rng) * 1.5f) : nd(rng);
+  return v;
+}
+static int fails = 0;
+#define CHECK(c, ...) do { if (!(c)) { ++fails; printf("FAIL: " __VA_ARGS__); printf("\n"); } } while (0)
+
+void test_pk(int N, int H, int n, int knn, bool integer) {
+  // s1, s2 (H, N, n) directly (the matmul is cuBLAS's job).
+  auto s1 = randv((size_t)H * N * n, integer), s2 = randv((size_t)H * N * n, integer);
+  std::vector<float> scores((size_t)N * H * knn);
+  std::vector<unsigned> slots((size_t)N * H * knn);
+  launch({(unsigned)(N * H), 1, 0}, 128, [&] { pk_select(s1.data(), s2.data(), scores.data(), slots.data(), N, H, n, knn); });
+  for (int t = 0; t < N; ++t) for (int h = 0; h < H; ++h) {
+    std::vector<std::pair<float, unsigned>> all;
+    const float* a = &s1[((size_t)h * N + t) * n]; const float* b = &s2[((size_t)h * N + t) * n];
+    for (int i = 0; i < n; ++i) for (int j = 0; j < n; ++j) all.push_back({a[i] + b[j], (unsigned)(i * n + j)});
+    std::sort(all.begin(), all.end(), [](auto x, auto y) { return x.first > y.first || (x.first == y.first && x.second < y.second); });
+    for (int r = 0; r < knn; ++r) {
+      size_t e = ((size_t)t * H + h) * knn + r;
+      CHECK(slots[e] == all[r].second && scores[e] == all[r].first, "pk N%d H%d n%d knn%d int%d t%d h%d r%d: got (%g,%u) want (%g,%u)", N, H, n, knn, integer, t, h, r, scores[e], slots[e], all[r].first, all[r].second);
+    }
+  }
+}
+
+void test_ebag(int N, int M, int U, int D) {
+  auto w = randv((size_t)N * M, false), g = randv((size_t)U * D, false), dy = randv((size_t)N * D, false);
+  std::vector<unsigned> inv(N * M);
+  for (int e = 0; e < N * M; ++e) inv[e] = e < U ? e : (unsigned)((e * 7919ull + 31) % U);
+  std::vector<float> y((size_t)N * D), dw(N * M), dg((size_t)U * D);
+  launch({(unsigned)N, (unsigned)((D + 255) / 256), 0}, 256, [&] { ebag_fwd(w.data(), g.data(), inv.data(), y.data(), N, M, D); });
+  launch({(unsigned)((N * M + 7) / 8), 1, 0}, 256, [&] { ebag_bwd_dw(dy.data(), g.data(), inv.data(), dw.data(), N * M, M, D); });
+  // reverse index
+  std::vector<unsigned> start(U + 1, 0), order(N * M);
+  for (auto u : inv) start[u + 1]++;
+  for (int u = 0; u < U; ++u) start[u + 1] += start[u];
+  auto fill = start;
+  for (int e = 0; e < N * M; ++e) order[fill[inv[e]]++] = e;
+  launch({(unsigned)U, (unsigned)((D + 255) / 256), 0}, 256, [&] { ebag_bwd_dg(w.data(), dy.data(), start.data(), order.data(), dg.data(), M, D); });
+  double ey = 0, ew = 0, eg = 0;
+  std::vector<double> rdg((size_t)U * D, 0);
+  for (int t = 0; t < N; ++t) for (int c = 0; c < D; ++c) {
+    double acc = 0; for (int m = 0; m < M; ++m) acc += (double)w[t * M + m] * g[(size_t)inv[t * M + m] * D + c];
+    ey = std::max(ey, std::abs(acc - y[(size_t)t * D + c]));
+  }
+  for (int e = 0; e < N * M; ++e) {
+    double acc = 0; int t = e / M; for (int c = 0; c < D; ++c) { acc += (double)dy[(size_t)t * D + c] * g[(size_t)inv[e] * D + c]; rdg[(size_t)inv[e] * D + c] += (double)w[e] * dy[(size_t)t * D + c]; }
+    ew = std::max(ew, std::abs(acc - dw[e]));
+  }
+  for (size_t i = 0; i < rdg.size(); ++i) eg = std::max(eg, std::abs(rdg[i] - dg[i]));
+  CHECK(ey < 1e-4 && ew < 1e-4 && eg < 1e-4, "ebag N%d M%d U%d D%d: errors y %g dw %g dg %g", N, M, U, D, ey, ew, eg);
+}
+
+void test_adam(bool rowwise, int D) {
+  int K = 5, cap = 8, R = 20; int width = rowwise ? D + 1 : 2 * D;
+  auto table = randv((size_t)R * D, false); auto ref = table;
+  std::vector<float> state((size_t)cap * width, 0.f); std::vector<double> rm((size_t)cap * D, 0), rv((size_t)cap * width, 0);
+  unsigned rows[5] = {0, 3, 7, 11, 19}, slotsv[5] = {4, 0, 2, 7, 1};
+  float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, decay = 0.999f;
+  for (int step = 1; step <= 3; ++step) {
+    auto grads = randv((size_t)K * D, false);
+    std::vector<unsigned> meta; std::vector<float> coef;
+    for (int k = 0; k < K; ++k) { meta.push_back(rows[k]); meta.push_back(slotsv[k]); coef.push_back(0.01f / (1 - std::pow(0.9, step))); coef.push_back(1 / std::sqrt(1 - std::pow(0.95, step))); }
+    launch({(unsigned)K, 1, 0}, 256, [&] { adam_moments(state.data(), grads.data(), meta.data(), D, rowwise, b1, b2, 1 - b1, 1 - b2); });
+    launch({(unsigned)K, (unsigned)((D + 255) / 256), 0}, 256, [&] { adam_apply(table.data(), state.data(), meta.data(), coef.data(), D, rowwise, decay, eps); });
+    for (int k = 0; k < K; ++k) {
+      size_t s = slotsv[k]; double g2 = 0; for (int c = 0; c < D; ++c) g2 += (double)grads[k * D + c] * grads[k * D + c]; g2 /= D;
+      if (rowwise) rv[s * width] = 0.95 * rv[s * width] + 0.05 * g2;
+      for (int c = 0; c < D; ++c) {
+        double g = grads[k * D + c]; rm[s * D + c] = 0.9 * rm[s * D + c] + 0.1 * g;
+        double v; if (rowwise) v = rv[s * width]; else { rv[s * width + c] = 0.95 * rv[s * width + c] + 0.05 * g * g; v = rv[s * width + c]; }
+        float& p = ref[(size_t)rows[k] * D + c];
+        p = (float)(p * (double)decay - coef[2 * k] * rm[s * D + c] / (std::sqrt(v) * coef[2 * k + 1] + eps));
+      }
+    }
+  }
+  double err = 0; for (size_t i = 0; i < table.size(); ++i) err = std::max(err, (double)std::abs(table[i] - ref[i]));
+  CHECK(err < 1e-5, "adam rowwise%d D%d: error %g", rowwise, D, err);
+}
+
+void test_small() {
+  int R = 10, D = 300; auto table = randv((size_t)R * D, false); auto ref = table; auto grads = randv((size_t)3 * D, false);
+  std::vector<unsigned> pairs = {7, 0, 2, 2, 9, 1};
+  launch({3, (unsigned)((D + 255) / 256), 0}, 256, [&] { sgd_rows(table.data(), grads.data(), pairs.data(), D, 0.5f); });
+  for (int k = 0; k < 3; ++k) for (int c = 0; c < D; ++c) ref[(size_t)pairs[2 * k] * D + c] -= 0.5f * grads[(size_t)pairs[2 * k + 1] * D + c];
+  double e = 0; for (size_t i = 0; i < table.size(); ++i) e = std::max(e, (double)std::abs(table[i] - ref[i]));
+  CHECK(e < 1e-6, "sgd_rows error %g", e);
+  size_t n = 1000; auto x = randv(n, false), g = randv(n, false), p = randv(n, false); auto x0 = x, p0 = p;
+  launch({4, 1, 0}, 256, [&] { scale_inplace(x.data(), n, 0.25f); });
+  e = 0; for (size_t i = 0; i < n; ++i) e = std::max(e, (double)std::abs(x[i] - 0.25f * x0[i])); CHECK(e == 0, "scale error %g", e);
+  std::vector<float> m(n, 0.1f), v(n, 0.2f);
+  launch({4, 1, 0}, 256, [&] { ema_inplace(m.data(), g.data(), n, 0.9f, 0.1f, 0); });
+  launch({4, 1, 0}, 256, [&] { ema_inplace(v.data(), g.data(), n, 0.95f, 0.05f, 1); });
+  launch({4, 1, 0}, 256, [&] { adam_dense_apply(p.data(), m.data(), v.data(), n, 0.99f, 0.01f, 2.0f, 1e-8f); });
+  e = 0;
+  for (size_t i = 0; i < n; ++i) {
+    double mi = 0.9 * 0.1f + 0.1 * g[i], vi = 0.95 * 0.2f + 0.05 * (double)g[i] * g[i];
+    double want = p0[i] * 0.99 - 0.01 * mi / (std::sqrt(vi) * 2.0 + 1e-8);
+    e = std::max(e, std::abs(want - p[i]));
+  }
+  CHECK(e < 1e-6, "dense adam error %g", e);
+}
+
+int main() {
+  test_small();
+  test_pk(5, 3, 9, 9, false); test_pk(7, 2, 16, 4, true); test_pk(6, 1, 40, 7, true); test_pk(4, 2, 64, 32, false); test_pk(3, 2, 64, 32, true);
+  { // all ties: zeros
+    int N = 2, H = 1, n = 5, knn = 3; std::vector<float> z((size_t)H * N * n, 0.f); std::vector<float> sc(N * H * knn); std::vector<unsigned> sl(N * H * knn);
+    launch({(unsigned)(N * H), 1, 0}, 128, [&] { pk_select(z.data(), z.data(), sc.data(), sl.data(), N, H, n, knn); });
+    CHECK(sl[0] == 0 && sl[1] == 1 && sl[2] == 2 && sl[3] == 0 && sl[4] == 1 && sl[5] == 2, "ties: %u %u %u", sl[0], sl[1], sl[2]);
+  }
+  test_ebag(9, 8, 20, 37); test_ebag(4, 3, 5, 300);
+  test_adam(false, 24); test_adam(true, 24); test_adam(true, 300);
+  printf("%s (%d failures)\n", fails ? "FAILED" : "all kernel emulation checks passed", fails);
+  return fails != 0;
+}
