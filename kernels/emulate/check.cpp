@@ -1,6 +1,7 @@
 // Checks the kernels of kernels/memory.cu against plain loops, run on the CPU under the thread
 // emulation of shim.h (scripts/check-kernels-on-cpu.sh builds and runs it; no GPU or CUDA needed).
 #include "memory_emu.cpp"
+#include "dense_emu.cpp"
 #include <algorithm>
 #include <cstdio>
 #include <random>
@@ -111,8 +112,47 @@ void test_small() {
   CHECK(e < 1e-6, "dense adam error %g", e);
 }
 
+void test_dense(int rows, int d) {
+  auto x = randv((size_t)rows * d, false), w = randv(d, false), g = randv((size_t)rows * d, false), u = randv((size_t)rows * d, false);
+  float eps = 1e-5f; size_t n = (size_t)rows * d;
+  std::vector<float> y(n), dx(n), dw(d), rstd(rows), sm(n), sdx(n), sw(n), dg(n), du(n);
+  launch({(unsigned)rows, 1, 0}, 256, [&] { rmsnorm_fwd(x.data(), w.data(), y.data(), d, eps); });
+  launch({(unsigned)rows, 1, 0}, 256, [&] { rmsnorm_bwd_dx(x.data(), w.data(), g.data(), dx.data(), rstd.data(), d, eps); });
+  launch({(unsigned)((d + 255) / 256), 1, 0}, 256, [&] { rmsnorm_bwd_dw(x.data(), g.data(), rstd.data(), dw.data(), rows, d); });
+  launch({(unsigned)rows, 1, 0}, 256, [&] { softmax_fwd(x.data(), sm.data(), d); });
+  launch({(unsigned)rows, 1, 0}, 256, [&] { softmax_bwd(sm.data(), g.data(), sdx.data(), d); });
+  launch({(unsigned)((n + 255) / 256), 1, 0}, 256, [&] { swiglu_fwd(x.data(), u.data(), sw.data(), n); });
+  launch({(unsigned)((n + 255) / 256), 1, 0}, 256, [&] { swiglu_bwd(x.data(), u.data(), g.data(), dg.data(), du.data(), n); });
+  double e[7] = {0, 0, 0, 0, 0, 0, 0};
+  std::vector<double> rdw(d, 0);
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = &x[(size_t)r * d]; const float* gr = &g[(size_t)r * d];
+    double ss = 0, s = 0, m = -1e30, se = 0, sdot = 0;
+    for (int c = 0; c < d; ++c) { ss += (double)xr[c] * xr[c]; s += (double)gr[c] * w[c] * xr[c]; m = std::max(m, (double)xr[c]); }
+    double rs = 1 / std::sqrt(ss / d + eps);
+    for (int c = 0; c < d; ++c) se += std::exp(xr[c] - m);
+    for (int c = 0; c < d; ++c) sdot += std::exp(xr[c] - m) / se * gr[c];
+    for (int c = 0; c < d; ++c) {
+      size_t i = (size_t)r * d + c;
+      e[0] = std::max(e[0], std::abs(xr[c] * rs * w[c] - y[i]));
+      e[1] = std::max(e[1], std::abs(rs * gr[c] * w[c] - xr[c] * s * rs * rs * rs / d - dx[i]));
+      rdw[c] += gr[c] * (double)xr[c] * rs;
+      double p = std::exp(xr[c] - m) / se;
+      e[2] = std::max(e[2], std::abs(p - sm[i]));
+      e[3] = std::max(e[3], std::abs(p * (gr[c] - sdot) - sdx[i]));
+      double sg = 1 / (1 + std::exp(-(double)xr[c]));
+      e[4] = std::max(e[4], std::abs(xr[c] * sg * u[i] - sw[i]));
+      e[5] = std::max(e[5], std::abs(gr[c] * u[i] * sg * (1 + xr[c] * (1 - sg)) - dg[i]) + std::abs(gr[c] * xr[c] * sg - du[i]));
+    }
+  }
+  for (int c = 0; c < d; ++c) e[6] = std::max(e[6], std::abs(rdw[c] - dw[c]) / std::max(1.0, std::abs(rdw[c])));
+  CHECK(e[0] < 1e-5 && e[1] < 1e-4 && e[2] < 1e-6 && e[3] < 1e-5 && e[4] < 1e-5 && e[5] < 1e-5 && e[6] < 1e-5,
+        "dense rows%d d%d: rms y %g dx %g dw %g softmax y %g dx %g swiglu y %g d %g", rows, d, e[0], e[1], e[6], e[2], e[3], e[4], e[5]);
+}
+
 int main() {
   test_small();
+  test_dense(7, 300); test_dense(3, 33); test_dense(20, 1);
   test_pk(5, 3, 9, 9, false); test_pk(7, 2, 16, 4, true); test_pk(6, 1, 40, 7, true); test_pk(4, 2, 64, 32, false); test_pk(3, 2, 64, 32, true);
   { // all ties: zeros
     int N = 2, H = 1, n = 5, knn = 3; std::vector<float> z((size_t)H * N * n, 0.f); std::vector<float> sc(N * H * knn); std::vector<unsigned> sl(N * H * knn);

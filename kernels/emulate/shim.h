@@ -1,4 +1,5 @@
 // Host emulation for scripts/check-kernels-on-cpu.sh (not part of any build).
+#pragma once
 // Host emulation of the CUDA features kernels/memory.cu uses: one std::thread per CUDA thread,
 // a block barrier for __syncthreads, per-warp barriers for the shuffles.
 #include <barrier>

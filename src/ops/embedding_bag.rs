@@ -117,11 +117,7 @@ impl CustomOp2 for EmbeddingBag {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         let d = l2.dims()[1];
-        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("embedding_bag: inputs must be contiguous")
-        };
-        let w = s1.as_cuda_slice::<f32>()?.slice(a1..b1);
-        let g = s2.as_cuda_slice::<f32>()?.slice(a2..b2);
+        let (w, g) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_f32(s2, l2)?);
         let y = super::cuda::memory::ebag_forward(&s1.device, &w, &g, &self.inv, self.n_tok, self.m, d)?;
         Ok((candle_core::CudaStorage::wrap_cuda_slice(y, s1.device.clone()), Shape::from((self.n_tok, d))))
     }

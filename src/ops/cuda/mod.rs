@@ -5,10 +5,12 @@
 //! Which op runs how on CUDA:
 //! - kernels (`kernels/memory.cu`): product-key top-k selection, the embedding bag forward and
 //!   backward, the sparse value updates (SGD, lazy AdamW), the dense AdamW update, in-place scaling;
+//!   (`kernels/dense.cu`): RMSNorm, softmax over the last dim, SwiGLU, forward and backward;
 //! - compositions of candle primitives (`ops::reference`, whose CUDA kernels and autograd are
-//!   candle's): RMSNorm, RoPE, softmax, SwiGLU, cross-entropy, token log-probs, attention, and
-//!   the product-key scores' backward (index_select / matmul recomputation of the chosen scores).
+//!   candle's): RoPE, cross-entropy, token log-probs, attention, and the product-key scores'
+//!   backward (index_select / matmul recomputation of the chosen scores).
 
+pub mod dense;
 pub mod memory;
 pub mod update;
 
@@ -25,6 +27,8 @@ pub mod ptx {
 
 /// Module name under which `kernels/memory.cu` is loaded (once per device).
 const MEMORY_MODULE: &str = "memtune-memory";
+/// Module name of `kernels/dense.cu`.
+const DENSE_MODULE: &str = "memtune-dense";
 
 /// Threads per block of the row / element-wise kernels.
 pub const BLOCK: u32 = 256;
@@ -46,6 +50,17 @@ impl Kernel {
 pub fn func(dev: &CudaDevice, name: &str) -> Result<Kernel> {
     let func = dev.get_or_load_custom_func(name, MEMORY_MODULE, ptx::MEMORY)?.into_cuda_function();
     Ok(Kernel { func, stream: dev.cuda_stream() })
+}
+
+/// A kernel of `kernels/dense.cu`.
+pub fn dense_func(dev: &CudaDevice, name: &str) -> Result<Kernel> {
+    let func = dev.get_or_load_custom_func(name, DENSE_MODULE, ptx::DENSE)?.into_cuda_function();
+    Ok(Kernel { func, stream: dev.cuda_stream() })
+}
+
+/// One block of BLOCK threads per row.
+pub fn cfg_per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// One thread per element, BLOCK per block.
@@ -80,6 +95,12 @@ fn view<'a, T: candle_core::cuda_backend::CudaDType>(s: &'a Storage, l: &Layout)
     let Storage::Cuda(c) = s else { candle_core::bail!("expected a CUDA tensor") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor, got strides {:?}", l.stride()) };
     Ok(c.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// The contiguous f32 buffer of a `cuda_fwd` input.
+pub fn input_f32<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor, got strides {:?}", l.stride()) };
+    Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
 }
 
 /// A tensor (no gradient) owning `slice`, of shape `shape`.
