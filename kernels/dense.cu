@@ -123,3 +123,20 @@ extern "C" __global__ void swiglu_bwd(const float* g, const float* u, const floa
     du[i] = dy[i] * gi * sg;
     dg[i] = dy[i] * u[i] * sg * (1.f + gi * (1.f - sg));
 }
+
+// RoPE, rotate-half: per (b, t, h) head of Dh = 2·half at table row t (cos, sin: (T, half)),
+// y1 = x1·c − x2·s·sign, y2 = x2·c + x1·s·sign (sign −1: the inverse rotation, the backward).
+// One thread per (row, j < half); rows = B·T·H.
+extern "C" __global__ void rope_rotate(const float* x, float* y, const float* cos, const float* sin, size_t rows,
+                                       int t, int h, int half, float sign) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * half) return;
+    size_t row = i / half;
+    int j = (int)(i - row * half);
+    int tt = (int)((row / h) % t);
+    float c = cos[(size_t)tt * half + j], s = sin[(size_t)tt * half + j] * sign;
+    size_t a = row * 2 * half + j;
+    float x1 = x[a], x2 = x[a + half];
+    y[a] = x1 * c - x2 * s;
+    y[a + half] = x2 * c + x1 * s;
+}

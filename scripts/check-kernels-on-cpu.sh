@@ -4,7 +4,7 @@
 # and checks them against plain loops (kernels/emulate/check.cpp): product-key selection against
 # brute force (ties included), the embedding bag forward and backward, lazy AdamW (both variants),
 # sparse SGD, scaling and the dense AdamW; RMSNorm, softmax and SwiGLU forward and backward
-# (kernels/dense.cu). A check of the kernels' logic where no GPU is at hand;
+# and RoPE (kernels/dense.cu). A check of the kernels' logic where no GPU is at hand;
 # it says nothing of their speed, nor of GPU-only behaviour (memory model, launch limits).
 # Needs g++ with C++20. Usage: scripts/check-kernels-on-cpu.sh
 set -euo pipefail

@@ -150,8 +150,26 @@ void test_dense(int rows, int d) {
         "dense rows%d d%d: rms y %g dx %g dw %g softmax y %g dx %g swiglu y %g d %g", rows, d, e[0], e[1], e[6], e[2], e[3], e[4], e[5]);
 }
 
+void test_rope(int B, int T, int H, int dh) {
+  int half = dh / 2; size_t n = (size_t)B * T * H * dh, rows = (size_t)B * T * H;
+  auto x = randv(n, false), cs = randv((size_t)T * half, false), sn = randv((size_t)T * half, false);
+  std::vector<float> y(n), back(n);
+  launch({(unsigned)((rows * half + 255) / 256), 1, 0}, 256, [&] { rope_rotate(x.data(), y.data(), cs.data(), sn.data(), rows, T, H, half, 1.f); });
+  launch({(unsigned)((rows * half + 255) / 256), 1, 0}, 256, [&] { rope_rotate(y.data(), back.data(), cs.data(), sn.data(), rows, T, H, half, -1.f); });
+  double e = 0, eb = 0;
+  for (int b = 0; b < B; ++b) for (int t = 0; t < T; ++t) for (int h = 0; h < H; ++h) for (int j = 0; j < half; ++j) {
+    size_t a = (((size_t)b * T + t) * H + h) * dh + j; float c = cs[t * half + j], s = sn[t * half + j];
+    e = std::max(e, (double)std::abs(x[a] * c - x[a + half] * s - y[a]) + std::abs(x[a + half] * c + x[a] * s - y[a + half]));
+    // back = R(-s) R(s) x = (c² + s²) x
+    double k = (double)c * c + (double)s * s;
+    eb = std::max(eb, std::abs(k * x[a] - back[a]) + std::abs(k * x[a + half] - back[a + half]));
+  }
+  CHECK(e < 1e-5 && eb < 1e-4, "rope B%d T%d H%d dh%d: fwd %g back %g", B, T, H, dh, e, eb);
+}
+
 int main() {
   test_small();
+  test_rope(2, 7, 3, 16); test_rope(1, 5, 4, 2);
   test_dense(7, 300); test_dense(3, 33); test_dense(20, 1);
   test_pk(5, 3, 9, 9, false); test_pk(7, 2, 16, 4, true); test_pk(6, 1, 40, 7, true); test_pk(4, 2, 64, 32, false); test_pk(3, 2, 64, 32, true);
   { // all ties: zeros

@@ -1,4 +1,4 @@
-//! RMSNorm, softmax and SwiGLU on CUDA (`kernels/dense.cu`): the forwards are the `cuda_fwd` of
+//! RMSNorm, softmax, SwiGLU and RoPE on CUDA (`kernels/dense.cu`): the forwards are the `cuda_fwd` of
 //! the CPU ops' `CustomOp`s, the backwards are called from their `bwd` when the tensors are on a
 //! GPU. Correctness reference: the CPU ops, compared by tests/cuda.rs.
 
@@ -139,4 +139,30 @@ pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Te
         launched("swiglu_bwd", unsafe { b.launch(cfg_1d(n)) }.map(|_| ()))?;
     }
     Ok((wrap(dg, &dev, gate.shape().clone()), wrap(du, &dev, up.shape().clone())))
+}
+
+/// RoPE rotation of x (B, T, H, Dh) with table rows cos/sin (T, Dh/2) (host copies, uploaded);
+/// `sign` −1 rotates back (the backward).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_rotate(dev: &CudaDevice, x: &CudaView<'_, f32>, cos: &[f32], sin: &[f32], n: usize, t: usize, h: usize, dh: usize, sign: f32) -> Result<CudaSlice<f32>> {
+    let y = zeros_f32(dev, n)?;
+    let half = dh / 2;
+    let rows = n / dh.max(1);
+    if rows > 0 && half > 0 {
+        let (c, s) = (super::upload_f32(dev, cos)?, super::upload_f32(dev, sin)?);
+        let f = dense_func(dev, "rope_rotate")?;
+        let mut b = f.builder();
+        let (ti, hi, halfi) = (t as i32, h as i32, half as i32);
+        b.arg(x);
+        b.arg(&y);
+        b.arg(&c);
+        b.arg(&s);
+        b.arg(&rows);
+        b.arg(&ti);
+        b.arg(&hi);
+        b.arg(&halfi);
+        b.arg(&sign);
+        launched("rope_rotate", unsafe { b.launch(cfg_1d(rows * half)) }.map(|_| ()))?;
+    }
+    Ok(y)
 }

@@ -5,9 +5,9 @@
 //! Which op runs how on CUDA:
 //! - kernels (`kernels/memory.cu`): product-key top-k selection, the embedding bag forward and
 //!   backward, the sparse value updates (SGD, lazy AdamW), the dense AdamW update, in-place scaling;
-//!   (`kernels/dense.cu`): RMSNorm, softmax over the last dim, SwiGLU, forward and backward;
+//!   (`kernels/dense.cu`): RMSNorm, softmax over the last dim, SwiGLU, RoPE, forward and backward;
 //! - compositions of candle primitives (`ops::reference`, whose CUDA kernels and autograd are
-//!   candle's): RoPE, cross-entropy, token log-probs, attention, and the product-key scores'
+//!   candle's): cross-entropy, token log-probs, attention, and the product-key scores'
 //!   backward (index_select / matmul recomputation of the chosen scores).
 
 pub mod dense;
