@@ -140,3 +140,57 @@ extern "C" __global__ void rope_rotate(const float* x, float* y, const float* co
     y[a] = x1 * c - x2 * s;
     y[a + half] = x2 * c + x1 * s;
 }
+
+#define IGNORE_INDEX 0xffffffffu
+
+// Log-sum-exp of a row of V, every thread gets it (two passes: max, then Σ e^(x − max)).
+__device__ float row_lse(const float* x, int v, float* red) {
+    float m = -INFINITY;
+    for (int c = threadIdx.x; c < v; c += blockDim.x) m = fmaxf(m, x[c]);
+    m = block_max(m, red);
+    float s = 0.f;
+    for (int c = threadIdx.x; c < v; c += blockDim.x) s += expf(x[c] - m);
+    return m + logf(block_sum(s, red));
+}
+
+// Cross-entropy per row: out[r] = sign · (lse − x[t]) (sign 1: the NLL, −1: log p(t)); 0 where the
+// target is IGNORE_INDEX. One block per row.
+extern "C" __global__ void ce_rows(const float* x, const unsigned* targets, float* out, int v, float sign) {
+    __shared__ float red[32];
+    const float* xr = x + (size_t)blockIdx.x * v;
+    float lse = row_lse(xr, v, red);
+    if (threadIdx.x == 0) {
+        unsigned t = targets[blockIdx.x];
+        out[blockIdx.x] = t == IGNORE_INDEX ? 0.f : sign * (lse - xr[t]);
+    }
+}
+
+// mean: out[0] = Σ rows[r] / count, summed in f64 by one block (a fixed order); 0 when count = 0.
+extern "C" __global__ void ce_mean(const float* rows, int n, int count, float* out) {
+    __shared__ double red[32];
+    double s = 0.0;
+    for (int r = threadIdx.x; r < n; r += blockDim.x) s += (double)rows[r];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(FULL_MASK, s, off);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int w = 0; w < warps; ++w) total += red[w];
+        out[0] = count > 0 ? (float)(total / count) : 0.f;
+    }
+}
+
+// Cross-entropy backward: dx[r] = (softmax(x[r]) − onehot(t[r])) · scale (scale = g / count), 0 for
+// ignored rows. One block per row; the lse is recomputed.
+extern "C" __global__ void ce_bwd(const float* x, const unsigned* targets, float* dx, int v, float scale) {
+    __shared__ float red[32];
+    size_t at = (size_t)blockIdx.x * v;
+    unsigned t = targets[blockIdx.x];
+    if (t == IGNORE_INDEX) {
+        for (int c = threadIdx.x; c < v; c += blockDim.x) dx[at + c] = 0.f;
+        return;
+    }
+    float lse = row_lse(x + at, v, red);
+    for (int c = threadIdx.x; c < v; c += blockDim.x) dx[at + c] = expf(x[at + c] - lse) * scale - (c == (int)t ? scale : 0.f);
+}

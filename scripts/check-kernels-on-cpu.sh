@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs the CUDA kernels of kernels/memory.cu on the CPU, one std::thread per CUDA thread
+# Runs the CUDA kernels of kernels/*.cu on the CPU, one std::thread per CUDA thread
 # (kernels/emulate/shim.h: block barriers for __syncthreads, per-warp barriers for the shuffles),
 # and checks them against plain loops (kernels/emulate/check.cpp): product-key selection against
 # brute force (ties included), the embedding bag forward and backward, lazy AdamW (both variants),
-# sparse SGD, scaling and the dense AdamW; RMSNorm, softmax and SwiGLU forward and backward
-# and RoPE (kernels/dense.cu). A check of the kernels' logic where no GPU is at hand;
+# sparse SGD, scaling and the dense AdamW (kernels/memory.cu); RMSNorm, softmax, SwiGLU, RoPE and
+# cross-entropy / token log-probs, forward and backward (kernels/dense.cu). A check of the kernels' logic where no GPU is at hand;
 # it says nothing of their speed, nor of GPU-only behaviour (memory model, launch limits).
 # Needs g++ with C++20. Usage: scripts/check-kernels-on-cpu.sh
 set -euo pipefail

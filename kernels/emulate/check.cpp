@@ -167,8 +167,38 @@ void test_rope(int B, int T, int H, int dh) {
   CHECK(e < 1e-5 && eb < 1e-4, "rope B%d T%d H%d dh%d: fwd %g back %g", B, T, H, dh, e, eb);
 }
 
+void test_ce(int n, int v) {
+  auto x = randv((size_t)n * v, false);
+  std::vector<unsigned> t(n);
+  for (int r = 0; r < n; ++r) t[r] = r % 3 == 1 ? IGNORE_INDEX : (unsigned)((r * 7919) % v);
+  std::vector<float> rows(n), lp(n), mean(1), dx((size_t)n * v);
+  int count = 0; for (auto tr : t) count += tr != IGNORE_INDEX;
+  launch({(unsigned)n, 1, 0}, 256, [&] { ce_rows(x.data(), t.data(), rows.data(), v, 1.f); });
+  launch({(unsigned)n, 1, 0}, 256, [&] { ce_rows(x.data(), t.data(), lp.data(), v, -1.f); });
+  launch({1, 1, 0}, 256, [&] { ce_mean(rows.data(), n, count, mean.data()); });
+  float scale = 0.7f / count;
+  launch({(unsigned)n, 1, 0}, 256, [&] { ce_bwd(x.data(), t.data(), dx.data(), v, scale); });
+  double total = 0, e = 0, ed = 0;
+  for (int r = 0; r < n; ++r) {
+    const float* xr = &x[(size_t)r * v]; double m = -1e30, s = 0;
+    for (int c = 0; c < v; ++c) m = std::max(m, (double)xr[c]);
+    for (int c = 0; c < v; ++c) s += std::exp(xr[c] - m);
+    double lse = m + std::log(s);
+    double nll = t[r] == IGNORE_INDEX ? 0 : lse - xr[t[r]];
+    total += nll;
+    e = std::max(e, std::abs(nll - rows[r]) + std::abs(-nll - lp[r]));
+    for (int c = 0; c < v; ++c) {
+      double want = t[r] == IGNORE_INDEX ? 0 : std::exp(xr[c] - lse) * scale - (c == (int)t[r] ? scale : 0);
+      ed = std::max(ed, std::abs(want - dx[(size_t)r * v + c]));
+    }
+  }
+  double em = std::abs(total / count - mean[0]);
+  CHECK(e < 1e-4 && em < 1e-5 && ed < 1e-6, "ce n%d v%d: rows %g mean %g dx %g", n, v, e, em, ed);
+}
+
 int main() {
   test_small();
+  test_ce(9, 50); test_ce(300, 1000);
   test_rope(2, 7, 3, 16); test_rope(1, 5, 4, 2);
   test_dense(7, 300); test_dense(3, 33); test_dense(20, 1);
   test_pk(5, 3, 9, 9, false); test_pk(7, 2, 16, 4, true); test_pk(6, 1, 40, 7, true); test_pk(4, 2, 64, 32, false); test_pk(3, 2, 64, 32, true);

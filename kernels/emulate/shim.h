@@ -30,6 +30,13 @@ inline unsigned __shfl_down_sync(unsigned, unsigned v, int off) {
   unsigned r = lane + off < 32 ? g_warp_u[w][lane + off] : v; g_warp_barriers[w]->arrive_and_wait();
   return r;
 }
+double g_warp_d[64][32];
+inline double __shfl_down_sync(unsigned, double v, int off) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  g_warp_d[w][lane] = v; g_warp_barriers[w]->arrive_and_wait();
+  double r = lane + off < 32 ? g_warp_d[w][lane + off] : v; g_warp_barriers[w]->arrive_and_wait();
+  return r;
+}
 #define __global__
 #define __device__
 #define __forceinline__ inline

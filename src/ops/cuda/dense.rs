@@ -1,4 +1,4 @@
-//! RMSNorm, softmax, SwiGLU and RoPE on CUDA (`kernels/dense.cu`): the forwards are the `cuda_fwd` of
+//! RMSNorm, softmax, SwiGLU, RoPE and cross-entropy on CUDA (`kernels/dense.cu`): the forwards are the `cuda_fwd` of
 //! the CPU ops' `CustomOp`s, the backwards are called from their `bwd` when the tensors are on a
 //! GPU. Correctness reference: the CPU ops, compared by tests/cuda.rs.
 
@@ -165,4 +165,59 @@ pub fn rope_rotate(dev: &CudaDevice, x: &CudaView<'_, f32>, cos: &[f32], sin: &[
         launched("rope_rotate", unsafe { b.launch(cfg_1d(rows * half)) }.map(|_| ()))?;
     }
     Ok(y)
+}
+
+/// Per row of logits (N, V): sign · (lse − x[target]), 0 for IGNORE_INDEX targets.
+pub fn ce_rows(dev: &CudaDevice, x: &CudaView<'_, f32>, targets: &CudaView<'_, u32>, n: usize, v: usize, sign: f32) -> Result<CudaSlice<f32>> {
+    let out = zeros_f32(dev, n)?;
+    if n > 0 && v > 0 {
+        let f = dense_func(dev, "ce_rows")?;
+        let mut b = f.builder();
+        let vi = v as i32;
+        b.arg(x);
+        b.arg(targets);
+        b.arg(&out);
+        b.arg(&vi);
+        b.arg(&sign);
+        launched("ce_rows", unsafe { b.launch(cfg_per_row(n)) }.map(|_| ()))?;
+    }
+    Ok(out)
+}
+
+/// Σ rows / count (0 when count = 0), summed in f64 on the device: a (1,) buffer.
+pub fn ce_mean(dev: &CudaDevice, rows: &CudaSlice<f32>, n: usize, count: usize) -> Result<CudaSlice<f32>> {
+    let out = zeros_f32(dev, 1)?;
+    let f = dense_func(dev, "ce_mean")?;
+    let mut b = f.builder();
+    let (ni, ci) = (n as i32, count as i32);
+    b.arg(rows);
+    b.arg(&ni);
+    b.arg(&ci);
+    b.arg(&out);
+    launched("ce_mean", unsafe { b.launch(cfg_per_row(1)) }.map(|_| ()))?;
+    Ok(out)
+}
+
+/// Cross-entropy backward: d logits = (softmax − onehot(target)) · scale, 0 for ignored rows.
+pub fn ce_bwd(logits: &Tensor, targets: &Tensor, scale: f32) -> Result<Tensor> {
+    let dev = device_of(logits)?;
+    let (n, v) = logits.dims2()?;
+    let x = contiguous_f32(logits)?;
+    let t = targets.contiguous()?;
+    let dx = zeros_f32(&dev, n * v)?;
+    if n > 0 && v > 0 {
+        let (xs, xl) = x.storage_and_layout();
+        let (ts, tl) = t.storage_and_layout();
+        let (xv, tv) = (view_f32(&xs, xl)?, super::view_u32(&ts, tl)?);
+        let f = dense_func(&dev, "ce_bwd")?;
+        let mut b = f.builder();
+        let vi = v as i32;
+        b.arg(&xv);
+        b.arg(&tv);
+        b.arg(&dx);
+        b.arg(&vi);
+        b.arg(&scale);
+        launched("ce_bwd", unsafe { b.launch(cfg_per_row(n)) }.map(|_| ()))?;
+    }
+    Ok(wrap(dx, &dev, (n, v)))
 }

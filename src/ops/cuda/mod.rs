@@ -5,9 +5,10 @@
 //! Which op runs how on CUDA:
 //! - kernels (`kernels/memory.cu`): product-key top-k selection, the embedding bag forward and
 //!   backward, the sparse value updates (SGD, lazy AdamW), the dense AdamW update, in-place scaling;
-//!   (`kernels/dense.cu`): RMSNorm, softmax over the last dim, SwiGLU, RoPE, forward and backward;
+//!   (`kernels/dense.cu`): RMSNorm, softmax over the last dim, SwiGLU, RoPE, cross-entropy and
+//!   token log-probs, forward and backward;
 //! - compositions of candle primitives (`ops::reference`, whose CUDA kernels and autograd are
-//!   candle's): cross-entropy, token log-probs, attention, and the product-key scores'
+//!   candle's): attention, and the product-key scores'
 //!   backward (index_select / matmul recomputation of the chosen scores).
 
 pub mod dense;
@@ -101,6 +102,12 @@ fn view<'a, T: candle_core::cuda_backend::CudaDType>(s: &'a Storage, l: &Layout)
 pub fn input_f32<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor, got strides {:?}", l.stride()) };
     Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+}
+
+/// The contiguous u32 buffer of a `cuda_fwd` input.
+pub fn input_u32<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, u32>> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor, got strides {:?}", l.stride()) };
+    Ok(s.as_cuda_slice::<u32>()?.slice(a..b))
 }
 
 /// A tensor (no gradient) owning `slice`, of shape `shape`.
