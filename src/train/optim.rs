@@ -491,7 +491,7 @@ pub fn scale_grads(grads: &mut HashMap<String, Tensor>, names: &[String], scale:
 /// and added sequentially, so the result does not depend on how rayon split the work (bit-exact
 /// resumes need the same clipping scale).
 fn sum_squares(t: &Tensor) -> Result<f64> {
-    let t = to_cpu_f32(t)?;
+    let t = to_f32(t)?;
     if !t.device().is_cpu() {
         // On a GPU: one f64 reduction there.
         return Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?);
@@ -524,7 +524,7 @@ impl GradAccumulator {
                     if sum.dims() != g.dims() {
                         bail!("gradient of {name}: shape {:?} differs from earlier micro-batches' {:?}", g.dims(), sum.dims());
                     }
-                    let g = to_cpu_f32(g)?;
+                    let g = to_f32(g)?;
                     if !sum.device().is_cpu() {
                         *sum = (&*sum + &g)?;
                         continue;
@@ -609,20 +609,20 @@ fn grad_for(name: &str, g: &Tensor, p: &Tensor) -> Result<Tensor> {
     if g.dims() != p.dims() {
         bail!("gradient of `{name}` has shape {:?}, the parameter {:?}", g.dims(), p.dims());
     }
-    to_cpu_f32(g).with_context(|| format!("gradient of `{name}`"))
+    to_f32(g).with_context(|| format!("gradient of `{name}`"))
 }
 
-/// f32 (CPU, or CUDA with the cuda feature).
-fn to_cpu_f32(t: &Tensor) -> Result<Tensor> {
+/// As f32, on its device (the CPU, or CUDA with the cuda feature).
+fn to_f32(t: &Tensor) -> Result<Tensor> {
     if !(t.device().is_cpu() || cfg!(feature = "cuda") && t.device().is_cuda()) {
-        bail!("expected a CPU tensor, got one on {:?}", t.device());
+        bail!("expected a CPU (or, with the cuda feature, CUDA) tensor, got one on {:?}", t.device());
     }
     Ok(if t.dtype() == DType::F32 { t.clone() } else { t.to_dtype(DType::F32)? })
 }
 
 /// A contiguous f32 CPU copy with storage of its own, detached from any graph.
 fn private_copy(t: &Tensor) -> Result<Tensor> {
-    let t = to_cpu_f32(t)?;
+    let t = to_f32(t)?;
     if !t.device().is_cpu() {
         // A compact copy of just the viewed elements, in fresh device storage.
         return Ok(t.affine(1.0, 0.0)?.detach());
