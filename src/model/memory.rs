@@ -179,12 +179,20 @@ impl FeedForward for MemoryLayer {
         let w = ops::softmax_rows(&scores)?;
         let slots = handle.get().context("product-key top-k produced no slots")?;
         let (rows, inverse) = unique_inverse(&slots);
-        let gathered = gather_rows(&self.values, &rows)?;
         let shape = (rows.len(), c.v_dim);
-        let (g, leaf) = if ctx.skip_memory_traces {
-            (Tensor::from_vec(gathered, shape, x.device())?, None)
+        let (g, leaf) = if !x.device().is_cpu() {
+            // On a GPU the table stays there: index_select gathers the rows on the device.
+            let gathered = self.values.index_select(&Tensor::from_vec(rows.clone(), rows.len(), x.device())?, 0)?;
+            if ctx.skip_memory_traces {
+                (gathered, None)
+            } else {
+                let v = Var::from_tensor(&gathered)?;
+                (v.as_tensor().clone(), Some(v))
+            }
+        } else if ctx.skip_memory_traces {
+            (Tensor::from_vec(gather_rows(&self.values, &rows)?, shape, x.device())?, None)
         } else {
-            let v = Var::from_vec(gathered, shape, x.device())?;
+            let v = Var::from_vec(gather_rows(&self.values, &rows)?, shape, x.device())?;
             (v.as_tensor().clone(), Some(v))
         };
         let inverse = Arc::new(inverse);

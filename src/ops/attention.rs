@@ -292,6 +292,10 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     if s < t {
         candle_core::bail!("causal_attention: {s} keys for {t} queries (need S >= T)");
     }
+    // On a GPU: the differentiable composition of candle primitives (no kernel of our own yet).
+    if !q.device().is_cpu() {
+        return super::reference::causal_attention(q, k, v, scale);
+    }
     let op = Attention { scale: scale as f32, dims: Dims { b, t, s, hq, hkv, dh }, lse: Mutex::new(Vec::new()) };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }

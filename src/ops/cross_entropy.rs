@@ -66,8 +66,29 @@ impl CustomOp2 for CrossEntropy {
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
+    /// On a GPU: the per-row NLL by a kernel, their mean in f64 by another; the targets are read
+    /// back (N u32) to check them and count the real ones.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (x, t) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_u32(s2, l2)?);
+        let (n, v) = (l1.dims()[0], l1.dims()[1]);
+        let dev = &s1.device;
+        let host_t: Vec<u32> = dev.clone_dtoh(&t)?;
+        check_targets(&host_t, v)?;
+        let count = host_t.iter().filter(|&&x| x != IGNORE_INDEX).count();
+        let rows = super::cuda::dense::ce_rows(dev, &x, &t, n, v, 1.0)?;
+        let loss = super::cuda::dense::ce_mean(dev, &rows, n, count)?;
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(loss, dev.clone()), Shape::from(())))
+    }
+
     fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0];
+        #[cfg(feature = "cuda")]
+        if logits.device().is_cuda() {
+            let count = targets.to_vec1::<u32>()?.iter().filter(|&&x| x != IGNORE_INDEX).count();
+            let scale = if count > 0 { g / count as f32 } else { 0.0 };
+            return Ok((Some(super::cuda::dense::ce_bwd(logits, targets, scale)?), None));
+        }
         let saved = self.saved.lock().unwrap();
         let (lse, count) = (&saved.0, saved.1);
         let (xs, xl) = logits.storage_and_layout();
@@ -111,6 +132,10 @@ fn check_inputs(op: &str, logits: &Tensor, targets: &Tensor) -> Result<()> {
 /// Mean NLL of targets (N,) u32 under logits (N, V); IGNORE_INDEX targets are skipped.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     check_inputs("cross_entropy", logits, targets)?;
+    // On another accelerator (no kernel of ours): the differentiable composition of candle primitives.
+    if !(logits.device().is_cpu() || logits.device().is_cuda()) {
+        return super::reference::cross_entropy(logits, targets);
+    }
     let op = CrossEntropy { saved: Mutex::new((Vec::new(), 0)) };
     logits.contiguous()?.apply_op2(&targets.contiguous()?, op)
 }
@@ -136,11 +161,24 @@ impl CustomOp2 for TokenLogprobs {
         });
         Ok((CpuStorage::F32(out), Shape::from(t.len())))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (x, t) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_u32(s2, l2)?);
+        let (n, v) = (l1.dims()[0], l1.dims()[1]);
+        check_targets(&s1.device.clone_dtoh(&t)?, v)?;
+        let out = super::cuda::dense::ce_rows(&s1.device, &x, &t, n, v, -1.0)?;
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(out, s1.device.clone()), Shape::from(n)))
+    }
 }
 
 /// log p(target) per row, (N,), no gradient. IGNORE_INDEX rows give 0.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     check_inputs("token_logprobs", logits, targets)?;
+    // On another accelerator (no kernel of ours): the differentiable composition of candle primitives.
+    if !(logits.device().is_cpu() || logits.device().is_cuda()) {
+        return super::reference::token_logprobs(logits, targets);
+    }
     logits.contiguous()?.apply_op2_no_bwd(&targets.contiguous()?, &TokenLogprobs)
 }
 

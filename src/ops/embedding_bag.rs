@@ -11,7 +11,8 @@
 //! from a reverse index (row → entries in (t, m) order, built with a stable counting sort), so each
 //! row's sum runs in a fixed order: no atomics and the same bits for any thread count.
 //! Correctness reference: a dense one-hot formulation with candle primitives (tests below), plus
-//! finite differences for w and G.
+//! finite differences for w and G. On CUDA the same forward and backward run as kernels
+//! (`kernels/memory.cu`, the reverse index built here and uploaded).
 
 use super::kernels::{self, contiguous_grad, expect_f32, rows_per_task, storage_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -57,20 +58,8 @@ impl EmbeddingBag {
                 }
             }
         });
-        // Reverse index: entries of row u are order[start[u]..start[u + 1]], in (t, m) order.
-        let mut start = vec![0usize; n_rows + 1];
-        for &u in self.inv.iter() {
-            start[u as usize + 1] += 1;
-        }
-        for u in 0..n_rows {
-            start[u + 1] += start[u];
-        }
-        let mut fill = start.clone();
-        let mut order = vec![0u32; self.inv.len()];
-        for (e, &u) in self.inv.iter().enumerate() {
-            order[fill[u as usize]] = e as u32;
-            fill[u as usize] += 1;
-        }
+        let (start, order) = reverse_index(&self.inv, n_rows);
+        let start: Vec<usize> = start.iter().map(|&s| s as usize).collect();
         let mut dg = vec![0f32; g.len()];
         let rpt = rows_per_task(d, TASK_ELEMS);
         dg.par_chunks_mut(rpt * d).enumerate().for_each(|(blk, dg)| {
@@ -94,6 +83,25 @@ impl EmbeddingBag {
     }
 }
 
+/// Reverse index of `inv` over `n_rows` rows, by a stable counting sort: the entries of row u are
+/// order[start[u]..start[u + 1]], in (t, m) order.
+pub(crate) fn reverse_index(inv: &[u32], n_rows: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut start = vec![0u32; n_rows + 1];
+    for &u in inv {
+        start[u as usize + 1] += 1;
+    }
+    for u in 0..n_rows {
+        start[u + 1] += start[u];
+    }
+    let mut fill = start.clone();
+    let mut order = vec![0u32; inv.len()];
+    for (e, &u) in inv.iter().enumerate() {
+        order[fill[u as usize] as usize] = e as u32;
+        fill[u as usize] += 1;
+    }
+    (start, order)
+}
+
 impl CustomOp2 for EmbeddingBag {
     fn name(&self) -> &'static str {
         "embedding-bag"
@@ -106,7 +114,20 @@ impl CustomOp2 for EmbeddingBag {
         Ok((CpuStorage::F32(self.forward(w, g, d)), Shape::from((self.n_tok, d))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = l2.dims()[1];
+        let (w, g) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_f32(s2, l2)?);
+        let y = super::cuda::memory::ebag_forward(&s1.device, &w, &g, &self.inv, self.n_tok, self.m, d)?;
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(y, s1.device.clone()), Shape::from((self.n_tok, d))))
+    }
+
     fn bwd(&self, w: &Tensor, g: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if w.device().is_cuda() {
+            let (dw, dg) = super::cuda::memory::ebag_backward(w, g, grad, &self.inv, self.m)?;
+            return Ok((Some(dw), Some(dg)));
+        }
         let dy = contiguous_grad(grad)?;
         let d = g.dim(1)?;
         let (ws, wl) = w.storage_and_layout();

@@ -313,7 +313,7 @@ pub fn contiguous_grad(g: &Tensor) -> Result<Tensor> {
         return g.contiguous();
     }
     let l = g.layout();
-    if l.stride().iter().all(|&s| s == 0) {
+    if l.stride().iter().all(|&s| s == 0) && g.device().is_cpu() {
         let (st, _) = g.storage_and_layout();
         let v = match &*st {
             Storage::Cpu(c) => c.as_slice::<f32>()?[l.start_offset()],

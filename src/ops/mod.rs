@@ -4,11 +4,14 @@
 //! autodiff is slow on CPU (see DESIGN.md §1). Each file here implements one coarse op as a
 //! `CustomOp` with an analytic `bwd`, works on contiguous f32 buffers in parallel with rayon,
 //! and carries its finite-difference test. `reference` holds slow compositions of candle
-//! primitives that backprop correctly; they are the tests' oracle.
+//! primitives that backprop correctly; they are the tests' oracle, and the path tensors on a GPU
+//! take where an op has no kernel of its own (see `cuda`, built with `--features cuda`).
 
 pub mod access;
 pub mod attention;
 pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod embedding_bag;
 pub mod gradcheck;
 pub mod kernels;

@@ -22,6 +22,9 @@
 //!
 //! Correctness reference: brute force over all n² slot scores (tests below), and finite
 //! differences for both inputs.
+//!
+//! On CUDA (`ops::cuda::memory`): the half-scores by cuBLAS, the two-stage selection in a kernel
+//! (same order and tie-breaking), the chosen scores recomputed with differentiable candle ops.
 
 use super::kernels::{self, contiguous_grad, expect_f32, matmul, storage_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -54,6 +57,14 @@ impl SlotHandle {
     /// The selected slots, token-major (N, H, knn); `None` before the forward ran.
     pub fn get(&self) -> Option<Arc<Vec<u32>>> {
         self.0.get().cloned()
+    }
+
+    /// Record the slots (once; the CUDA path sets them after its selection kernel).
+    pub(crate) fn set(&self, slots: Arc<Vec<u32>>) -> Result<()> {
+        if self.0.set(slots).is_err() {
+            candle_core::bail!("product_key_topk: an op instance runs its forward once");
+        }
+        Ok(())
     }
 }
 
@@ -244,9 +255,7 @@ impl CustomOp2 for ProductKeyTopk {
         let q = super::access::slice_f32(s1, l1)?;
         let keys = super::access::slice_f32(s2, l2)?;
         let (scores, slots) = self.forward(q, keys);
-        if self.slots.0.set(Arc::new(slots)).is_err() {
-            candle_core::bail!("product_key_topk: an op instance runs its forward once");
-        }
+        self.slots.set(Arc::new(slots))?;
         let d = self.dims;
         Ok((CpuStorage::F32(scores), Shape::from((d.n_tok, d.heads, d.knn))))
     }
@@ -282,6 +291,10 @@ pub fn product_key_topk(q: &Tensor, keys: &Tensor, knn: usize) -> Result<(Tensor
     }
     if n_keys.checked_mul(n_keys).is_none_or(|s| s > u32::MAX as usize + 1) {
         candle_core::bail!("product_key_topk: n_keys = {n_keys} gives slot indices beyond u32");
+    }
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return super::cuda::memory::product_key_topk(&q.contiguous()?, &keys.contiguous()?, knn);
     }
     let slots = SlotHandle::default();
     let op = ProductKeyTopk { dims: Dims { n_tok, heads, k_dim, n_keys, knn }, slots: slots.clone() };

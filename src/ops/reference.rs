@@ -1,5 +1,6 @@
 //! Slow but differentiable compositions of candle primitives: the oracle the custom ops are
-//! tested against, forward and backward. Not used on training paths.
+//! tested against, forward and backward. On CPU not used on training paths; on a GPU they are the
+//! path of the dense ops that have no kernel of their own (see `ops::cuda`).
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -59,6 +60,21 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let silu = (gate * candle_nn::ops::sigmoid(gate)?)?;
     silu * up
+}
+
+/// log p(target) per row (N,) under logits (N, V); IGNORE_INDEX rows give 0. No gradient needed.
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let n = logits.dim(0)?;
+    let tv = targets.to_vec1::<u32>()?;
+    let keep: Vec<f32> = tv.iter().map(|&t| if t == super::IGNORE_INDEX { 0.0 } else { 1.0 }).collect();
+    let safe: Vec<u32> = tv.iter().map(|&t| if t == super::IGNORE_INDEX { 0 } else { t }).collect();
+    let safe = Tensor::from_vec(safe, n, logits.device())?;
+    let logits = logits.to_dtype(DType::F32)?;
+    let m = logits.max_keepdim(1)?;
+    let shifted = logits.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let picked = shifted.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
+    (picked - lse.squeeze(1)?)? * Tensor::from_vec(keep, n, logits.device())?
 }
 
 /// Mean negative log-likelihood of `targets` (N,) u32 under `logits` (N, V), ignoring

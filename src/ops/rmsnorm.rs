@@ -78,7 +78,20 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (x, w) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_f32(s2, l2)?);
+        let d = l2.shape().elem_count();
+        let y = super::cuda::dense::rms_norm_fwd(&s1.device, &x, &w, l1.shape().elem_count() / d.max(1), d, self.eps)?;
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(y, s1.device.clone()), l1.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dw) = super::cuda::dense::rms_norm_bwd(x, w, grad, self.eps)?;
+            return Ok((Some(dx), Some(dw)));
+        }
         let g = contiguous_grad(grad)?;
         let rstd = self.rstd.lock().unwrap();
         let (xs, xl) = x.storage_and_layout();
@@ -124,6 +137,10 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     }
     if d == 0 {
         return Ok(x.clone());
+    }
+    // On another accelerator (no kernel of ours): the differentiable composition of candle primitives.
+    if !(x.device().is_cpu() || x.device().is_cuda()) {
+        return super::reference::rms_norm(x, w, eps);
     }
     let op = RmsNorm { eps: eps as f32, rstd: Mutex::new(Vec::new()) };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)

@@ -101,7 +101,23 @@ impl CustomOp1 for Rope {
         Ok((CpuStorage::F32(self.apply(x, 1.0)), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let x = super::cuda::input_f32(s, l)?;
+        let y = super::cuda::dense::rope_rotate(&s.device, &x, &self.cos, &self.sin, l.shape().elem_count(), self.t, self.h, self.dh, 1.0)?;
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(y, s.device.clone()), l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let g = super::cuda::contiguous_f32(grad)?;
+            let (gs, gl) = g.storage_and_layout();
+            let gv = super::cuda::view_f32(&gs, gl)?;
+            let dev = super::cuda::device_of(x)?;
+            let dx = super::cuda::dense::rope_rotate(&dev, &gv, &self.cos, &self.sin, g.elem_count(), self.t, self.h, self.dh, -1.0)?;
+            return Ok(Some(super::cuda::wrap(dx, &dev, x.shape().clone())));
+        }
         let g = contiguous_grad(grad)?;
         let (gs, gl) = g.storage_and_layout();
         let dx = self.apply(storage_f32(&gs, gl)?, -1.0);
@@ -121,7 +137,13 @@ pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
     if offset + t > max_pos {
         candle_core::bail!("rope: positions {offset}..{} exceed the tables' {max_pos}", offset + t);
     }
-    let table = |tb: &Tensor| super::access::with_f32(&tb.to_dtype(candle_core::DType::F32)?.narrow(0, offset, t)?, |s| s.to_vec());
+    // On another accelerator (no kernel of ours): the differentiable composition of candle primitives.
+    if !(x.device().is_cpu() || x.device().is_cuda()) {
+        return super::reference::rope(x, &tables.cos.narrow(0, offset, t)?, &tables.sin.narrow(0, offset, t)?);
+    }
+    // The op keeps host copies of this call's table rows (T × Dh/2, small); on a GPU they are
+    // uploaded with each launch.
+    let table = |tb: &Tensor| tb.to_dtype(candle_core::DType::F32)?.narrow(0, offset, t)?.flatten_all()?.to_vec1::<f32>();
     let op = Rope { cos: table(&tables.cos)?, sin: table(&tables.sin)?, t, h, dh };
     x.contiguous()?.apply_op1(op)
 }

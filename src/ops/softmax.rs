@@ -34,7 +34,18 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let y = super::cuda::dense::softmax_fwd(&s.device, &super::cuda::input_f32(s, l)?, l.shape().elem_count() / d, d)?;
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(y, s.device.clone()), l.shape().clone()))
+    }
+
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if res.device().is_cuda() {
+            return Ok(Some(super::cuda::dense::softmax_bwd(res, grad)?));
+        }
         let g = contiguous_grad(grad)?;
         let res = res.contiguous()?;
         let d = res.dims().last().copied().unwrap_or(1).max(1);
@@ -62,6 +73,10 @@ pub fn softmax_rows(x: &Tensor) -> Result<Tensor> {
     expect_f32("softmax_rows", "x", x)?;
     if x.elem_count() == 0 {
         return Ok(x.clone());
+    }
+    // On another accelerator (no kernel of ours): the differentiable composition of candle primitives.
+    if !(x.device().is_cpu() || x.device().is_cuda()) {
+        return super::reference::softmax(x);
     }
     x.contiguous()?.apply_op1(Softmax)
 }

@@ -46,7 +46,19 @@ impl CustomOp2 for SwiGlu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (g, u) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_f32(s2, l2)?);
+        let y = super::cuda::dense::swiglu_fwd(&s1.device, &g, &u, l1.shape().elem_count())?;
+        Ok((candle_core::CudaStorage::wrap_cuda_slice(y, s1.device.clone()), l1.shape().clone()))
+    }
+
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if gate.device().is_cuda() {
+            let (dg, du) = super::cuda::dense::swiglu_bwd(gate, up, grad)?;
+            return Ok((Some(dg), Some(du)));
+        }
         let dy = contiguous_grad(grad)?;
         let (gs, gl) = gate.storage_and_layout();
         let (us, ul) = up.storage_and_layout();
@@ -74,6 +86,10 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     expect_f32("swiglu", "up", up)?;
     if gate.shape() != up.shape() {
         candle_core::bail!("swiglu: gate {:?} and up {:?} differ in shape", gate.shape(), up.shape());
+    }
+    // On another accelerator (no kernel of ours): the differentiable composition of candle primitives.
+    if !(gate.device().is_cpu() || gate.device().is_cuda()) {
+        return super::reference::swiglu(gate, up);
     }
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }

@@ -2,6 +2,8 @@
 //! training loop.
 
 pub mod background;
+#[cfg(feature = "cuda")]
+pub mod device_rows;
 pub mod methods;
 pub mod optim;
 pub mod schedule;

@@ -8,7 +8,9 @@
 //!
 //! Gradients are passed by parameter name (`HashMap<String, Tensor>`, see [`grads_by_name`]);
 //! parameters are looked up by name in the [`ParamStore`], whose `Var`s share storage with the
-//! model, so an update is seen by the model without copying. CPU f32 tensors only.
+//! model, so an update is seen by the model without copying. f32 tensors; on a GPU (`--features
+//! cuda`) AdamW runs as in-place kernels (`ops::cuda::update`), SGD as candle ops written back with
+//! `Var::set`, and the gradient norm, scaling and accumulation as device tensor ops.
 //!
 //! Correctness reference: PyTorch's `torch.optim.AdamW` and `torch.optim.SGD` (dampening 0,
 //! no Nesterov) and `torch.nn.utils.clip_grad_norm_`; the tests recompute them by hand in f64.
@@ -164,10 +166,17 @@ impl Optimizer for AdamW {
                 let st = match self.state.entry(name.clone()) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(e) => e.insert(Moments {
-                        m: Tensor::zeros(p.shape(), DType::F32, &Device::Cpu)?,
-                        v: Tensor::zeros(p.shape(), DType::F32, &Device::Cpu)?,
+                        m: Tensor::zeros(p.shape(), DType::F32, p.device())?,
+                        v: Tensor::zeros(p.shape(), DType::F32, p.device())?,
                     }),
                 };
+                #[cfg(feature = "cuda")]
+                if p.device().is_cuda() {
+                    let c = crate::ops::cuda::update::AdamConsts { b1, b2, one_m_b1, one_m_b2, decay, eps };
+                    crate::ops::cuda::update::adam_dense(&p, &st.m, &st.v, &g, c, step_size, inv_sqrt_bc2)
+                        .with_context(|| format!("AdamW update of {name}"))?;
+                    continue;
+                }
                 update3(&p, &st.m, &st.v, &g, |p, m, v, g| {
                     p.par_chunks_mut(CHUNK)
                         .zip(m.par_chunks_mut(CHUNK))
@@ -219,7 +228,7 @@ impl Optimizer for AdamW {
             if tensor.dims() != p.dims() {
                 bail!("optimizer state: `{key}` has shape {:?}, parameter has {:?}", tensor.dims(), p.dims());
             }
-            slot.insert(name.to_string(), private_copy(tensor).with_context(|| format!("optimizer state `{key}`"))?);
+            slot.insert(name.to_string(), private_copy(&tensor.to_device(p.device())?).with_context(|| format!("optimizer state `{key}`"))?);
         }
         let mut new_state = BTreeMap::new();
         for (name, m) in ms {
@@ -308,6 +317,26 @@ impl Sgd {
     }
 }
 
+/// The SGD update of a parameter on a GPU, from candle ops (the same arithmetic as the CPU
+/// kernels), written back into the parameter's `Var`; `bufs` holds the momentum buffers.
+#[allow(clippy::too_many_arguments)]
+fn sgd_on_device(store: &ParamStore, bufs: &mut BTreeMap<String, Tensor>, momentum: f64, name: &str, (p, g): (&Tensor, &Tensor), lr: f32, wd: f32, mu: f32) -> Result<()> {
+    let d = (g + (p * wd as f64)?)?;
+    let step = if momentum == 0.0 {
+        d
+    } else {
+        let b = match bufs.get(name) {
+            Some(b) => ((b * mu as f64)? + d)?,
+            None => d,
+        };
+        bufs.insert(name.to_string(), b.clone());
+        b
+    };
+    let var = store.get(name).with_context(|| format!("optimiser: no parameter named `{name}` in the store"))?;
+    var.set(&(p - (step * lr as f64)?)?)?;
+    Ok(())
+}
+
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &HashMap<String, Tensor>, lr: f64) -> Result<()> {
         self.t += 1;
@@ -319,6 +348,10 @@ impl Optimizer for Sgd {
                 let Some(g) = grads.get(name) else { continue };
                 let p = param_tensor(&self.store, name)?;
                 let g = grad_for(name, g, &p)?;
+                if !p.device().is_cpu() {
+                    sgd_on_device(&self.store, &mut self.bufs, self.momentum, name, (&p, &g), lr_g, wd, mu).with_context(|| format!("SGD update of {name}"))?;
+                    continue;
+                }
                 let res = if self.momentum == 0.0 {
                     update1(&p, &g, |p, g| {
                         p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(p, g)| {
@@ -377,7 +410,7 @@ impl Optimizer for Sgd {
             if tensor.dims() != p.dims() {
                 bail!("optimizer state: `{key}` has shape {:?}, parameter has {:?}", tensor.dims(), p.dims());
             }
-            bufs.insert(name.to_string(), private_copy(tensor).with_context(|| format!("optimizer state `{key}`"))?);
+            bufs.insert(name.to_string(), private_copy(&tensor.to_device(p.device())?).with_context(|| format!("optimizer state `{key}`"))?);
         }
         self.t = t;
         self.bufs = bufs;
@@ -443,6 +476,12 @@ pub fn scale_grads(grads: &mut HashMap<String, Tensor>, names: &[String], scale:
         make_private(grads.get_mut(*n).unwrap(), &mut seen)?;
     }
     for n in present {
+        if !grads[n].device().is_cpu() {
+            // A fresh tensor on the device: nothing else can share it.
+            let scaled = grads[n].affine(scale as f64, 0.0)?;
+            grads.insert(n.clone(), scaled);
+            continue;
+        }
         with_f32_mut(&grads[n], |s| s.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= scale)))?;
     }
     Ok(())
@@ -452,7 +491,11 @@ pub fn scale_grads(grads: &mut HashMap<String, Tensor>, names: &[String], scale:
 /// and added sequentially, so the result does not depend on how rayon split the work (bit-exact
 /// resumes need the same clipping scale).
 fn sum_squares(t: &Tensor) -> Result<f64> {
-    let t = to_cpu_f32(t)?;
+    let t = to_f32(t)?;
+    if !t.device().is_cpu() {
+        // On a GPU: one f64 reduction there.
+        return Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?);
+    }
     let partial: Vec<f64> =
         with_f32(&t, |s| s.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect())?;
     Ok(partial.iter().sum())
@@ -476,12 +519,16 @@ impl GradAccumulator {
     /// Add one micro-batch's gradients.
     pub fn add(&mut self, grads: &HashMap<String, Tensor>) -> Result<()> {
         for (name, g) in grads {
-            match self.sums.get(name) {
+            match self.sums.get_mut(name) {
                 Some(sum) => {
                     if sum.dims() != g.dims() {
                         bail!("gradient of {name}: shape {:?} differs from earlier micro-batches' {:?}", g.dims(), sum.dims());
                     }
-                    let g = to_cpu_f32(g)?;
+                    let g = to_f32(g)?;
+                    if !sum.device().is_cpu() {
+                        *sum = (&*sum + &g)?;
+                        continue;
+                    }
                     with_f32_mut(sum, |s| {
                         with_f32(&g, |g| {
                             s.par_chunks_mut(CHUNK)
@@ -507,10 +554,14 @@ impl GradAccumulator {
     /// The mean gradient (sum / number of micro-batches); the accumulator is empty afterwards.
     pub fn take_mean(&mut self) -> Result<HashMap<String, Tensor>> {
         let n = std::mem::take(&mut self.micro_batches);
-        let sums = std::mem::take(&mut self.sums);
+        let mut sums = std::mem::take(&mut self.sums);
         if n > 1 {
             let inv = 1.0 / n as f32;
-            for g in sums.values() {
+            for g in sums.values_mut() {
+                if !g.device().is_cpu() {
+                    *g = g.affine(inv as f64, 0.0)?;
+                    continue;
+                }
                 with_f32_mut(g, |s| s.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= inv)))?;
             }
         }
@@ -545,8 +596,8 @@ fn owned_names(groups: &[ParamGroup]) -> HashSet<&str> {
 fn param_tensor(store: &ParamStore, name: &str) -> Result<Tensor> {
     let v = store.get(name).with_context(|| format!("optimiser: no parameter named `{name}` in the store"))?;
     let t = v.as_tensor().clone();
-    if !t.device().is_cpu() || t.dtype() != DType::F32 {
-        bail!("optimiser: parameter `{name}` is {:?} on {:?}; the optimisers update CPU f32 tensors", t.dtype(), t.device());
+    if !(t.device().is_cpu() || cfg!(feature = "cuda") && t.device().is_cuda()) || t.dtype() != DType::F32 {
+        bail!("optimiser: parameter `{name}` is {:?} on {:?}; the optimisers update f32 tensors on the CPU (or CUDA with the cuda feature)", t.dtype(), t.device());
     }
     if !t.is_contiguous() {
         bail!("optimiser: parameter `{name}` is not contiguous");
@@ -558,19 +609,24 @@ fn grad_for(name: &str, g: &Tensor, p: &Tensor) -> Result<Tensor> {
     if g.dims() != p.dims() {
         bail!("gradient of `{name}` has shape {:?}, the parameter {:?}", g.dims(), p.dims());
     }
-    to_cpu_f32(g).with_context(|| format!("gradient of `{name}`"))
+    to_f32(g).with_context(|| format!("gradient of `{name}`"))
 }
 
-fn to_cpu_f32(t: &Tensor) -> Result<Tensor> {
-    if !t.device().is_cpu() {
-        bail!("expected a CPU tensor, got one on {:?}", t.device());
+/// As f32, on its device (the CPU, or CUDA with the cuda feature).
+fn to_f32(t: &Tensor) -> Result<Tensor> {
+    if !(t.device().is_cpu() || cfg!(feature = "cuda") && t.device().is_cuda()) {
+        bail!("expected a CPU (or, with the cuda feature, CUDA) tensor, got one on {:?}", t.device());
     }
     Ok(if t.dtype() == DType::F32 { t.clone() } else { t.to_dtype(DType::F32)? })
 }
 
 /// A contiguous f32 CPU copy with storage of its own, detached from any graph.
 fn private_copy(t: &Tensor) -> Result<Tensor> {
-    let t = to_cpu_f32(t)?;
+    let t = to_f32(t)?;
+    if !t.device().is_cpu() {
+        // A compact copy of just the viewed elements, in fresh device storage.
+        return Ok(t.affine(1.0, 0.0)?.detach());
+    }
     let c = if t.is_contiguous() { t.copy()? } else { t.contiguous()? };
     // A contiguous view into a larger buffer (e.g. a narrow) would copy the whole buffer; keep
     // only the viewed range.
@@ -597,6 +653,10 @@ fn storage_addr(t: &Tensor) -> usize {
 /// Replace `g` by a private copy unless it is already a contiguous CPU f32 tensor whose storage
 /// no other gradient of this call uses.
 fn make_private(g: &mut Tensor, seen: &mut HashSet<usize>) -> Result<()> {
+    if !g.device().is_cpu() {
+        // Device gradients are scaled into fresh tensors (`scale_grads`): nothing to unshare.
+        return Ok(());
+    }
     let ok = g.device().is_cpu() && g.dtype() == DType::F32 && g.is_contiguous() && !seen.contains(&storage_addr(g));
     if !ok {
         *g = private_copy(g)?;

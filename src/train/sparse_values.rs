@@ -54,7 +54,7 @@ impl RowGrads {
         ensure!(rows.windows(2).all(|w| w[0] < w[1]), "row gradients: rows must be strictly ascending");
         let (n, _) = grads.dims2().context("row gradients must be (rows, dim)")?;
         ensure!(n == rows.len(), "row gradients: {} rows but {n} gradient rows", rows.len());
-        ensure!(grads.dtype() == DType::F32 && grads.device().is_cpu(), "row gradients must be CPU f32");
+        ensure!(grads.dtype() == DType::F32, "row gradients must be f32");
         Ok(Self { rows, grads: grads.contiguous()? })
     }
 
@@ -90,9 +90,14 @@ impl RowGrads {
                 // touched (an AdamW row update with g = 0 would still move the row).
                 let keep: Vec<usize> = tr.row_access_counts().iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, _)| i).collect();
                 let d = g.dim(1)?;
-                let data = with_f32(&g, |g| gather_rows(g, d, &keep))?;
                 let rows = keep.iter().map(|&i| tr.rows[i]).collect();
-                RowGrads::new(rows, Tensor::from_vec(data, (keep.len(), d), &Device::Cpu)?)?
+                if g.device().is_cpu() {
+                    let data = with_f32(&g, |g| gather_rows(g, d, &keep))?;
+                    RowGrads::new(rows, Tensor::from_vec(data, (keep.len(), d), &Device::Cpu)?)?
+                } else {
+                    let idx = Tensor::from_vec(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), keep.len(), g.device())?;
+                    RowGrads::new(rows, g.index_select(&idx, 0)?)?
+                }
             };
             out = Some(match out {
                 None => part,
@@ -124,6 +129,9 @@ impl RowGrads {
                 j += 1;
             }
         }
+        if !self.grads.device().is_cpu() {
+            return self.merge_on_device(&plan, other);
+        }
         let data = with_f32(&self.grads, |ga| {
             with_f32(&other.grads, |gb| {
                 let mut out = vec![0f32; plan.len() * d];
@@ -150,18 +158,57 @@ impl RowGrads {
         RowGrads::new(rows, Tensor::from_vec(data, (n, d), &Device::Cpu)?)
     }
 
+    /// `merge` with the gradients on a GPU: each side's rows added into a zeroed result at their
+    /// planned positions (index_add on the device; self's first, as on the CPU).
+    fn merge_on_device(&self, plan: &[(u32, Option<usize>, Option<usize>)], other: &RowGrads) -> Result<RowGrads> {
+        let dev = self.grads.device();
+        let at = |pick: fn(&(u32, Option<usize>, Option<usize>)) -> Option<usize>, n: usize| -> Result<Tensor> {
+            let mut ids = vec![0u32; n];
+            for (p, e) in plan.iter().enumerate() {
+                if let Some(i) = pick(e) {
+                    ids[i] = p as u32;
+                }
+            }
+            Ok(Tensor::from_vec(ids, n, dev)?)
+        };
+        let out = Tensor::zeros((plan.len(), self.dim()), DType::F32, dev)?
+            .index_add(&at(|e| e.1, self.len())?, &self.grads, 0)?
+            .index_add(&at(|e| e.2, other.len())?, &other.grads.to_device(dev)?, 0)?;
+        RowGrads::new(plan.iter().map(|p| p.0).collect(), out)
+    }
+
     /// Multiply every gradient by `s`, in place (also seen by a `GradStore` sharing the storage).
     pub fn scale(&self, s: f32) -> Result<()> {
+        if !self.grads.device().is_cpu() {
+            return scale_on_device(&self.grads, s);
+        }
         Ok(with_f32_mut(&self.grads, |g| g.par_chunks_mut(TASK_ELEMS).for_each(|c| c.iter_mut().for_each(|x| *x *= s)))?)
     }
 
     /// Σ g² in f64 (chunk partial sums added in order: the same bits for any thread count).
     pub fn sum_squares(&self) -> Result<f64> {
+        if !self.grads.device().is_cpu() {
+            // On a GPU: one f64 reduction there (its order is candle's, not the chunk order above).
+            return Ok(self.grads.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?);
+        }
         let parts: Vec<f64> =
             with_f32(&self.grads, |g| g.par_chunks(TASK_ELEMS).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>()).collect())?;
         Ok(parts.iter().sum())
     }
 }
+
+/// x ← s·x in place on a GPU tensor (a kernel: other tensors sharing the storage see it).
+pub(crate) fn scale_on_device(x: &Tensor, s: f32) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return Ok(crate::ops::cuda::scale_inplace(x, s)?);
+    }
+    let _ = s;
+    bail!("in-place scaling of a tensor on {:?} needs the cuda feature", x.device())
+}
+
+/// The state of a lazy AdamW's touched rows, rows ascending: (rows, steps, m (n·dim), v (n·dim or n)).
+pub type ExportedRows = (Vec<u32>, Vec<u32>, Vec<f32>, Vec<f32>);
 
 /// Rows `keep` of a (R, d) buffer.
 fn gather_rows(src: &[f32], d: usize, keep: &[usize]) -> Vec<f32> {
@@ -233,11 +280,25 @@ pub struct LazyAdamW {
     /// Steps taken (with any rows).
     t: usize,
     pages: Vec<Option<Box<Page>>>,
+    /// The state on a GPU, once a step ran there (the pages are then empty).
+    #[cfg(feature = "cuda")]
+    device: Option<super::device_rows::DeviceRowState>,
 }
 
 impl LazyAdamW {
     pub fn new(n_rows: usize, dim: usize, lr: f64, hp: AdamWParams, weight_decay: f64, rowwise: bool) -> Self {
-        Self { lr, hp, weight_decay, rowwise, n_rows, dim, t: 0, pages: (0..n_rows.div_ceil(PAGE_ROWS)).map(|_| None).collect() }
+        Self {
+            lr,
+            hp,
+            weight_decay,
+            rowwise,
+            n_rows,
+            dim,
+            t: 0,
+            pages: (0..n_rows.div_ceil(PAGE_ROWS)).map(|_| None).collect(),
+            #[cfg(feature = "cuda")]
+            device: None,
+        }
     }
 
     fn prefix(&self) -> &'static str {
@@ -250,12 +311,52 @@ impl LazyAdamW {
 
     /// Rows that have optimiser state.
     pub fn touched_rows(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.device {
+            return d.touched_rows();
+        }
         self.pages.iter().flatten().map(|p| p.steps.iter().filter(|&&s| s > 0).count()).sum()
     }
 
     /// Bytes held by the state (allocated pages).
     pub fn state_bytes(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.device {
+            return d.state_bytes();
+        }
         self.pages.iter().flatten().map(|p| 4 * (p.steps.len() + p.m.len() + p.v.len())).sum()
+    }
+}
+
+impl LazyAdamW {
+    /// The pages' state of every touched row, rows ascending.
+    fn export_pages(&self) -> ExportedRows {
+        let (mut rows, mut steps, mut m, mut v) = (vec![], vec![], vec![], vec![]);
+        let vd = if self.rowwise { 1 } else { self.dim };
+        for (p, page) in self.pages.iter().enumerate() {
+            let Some(page) = page else { continue };
+            for (r, &s) in page.steps.iter().enumerate().filter(|(_, &s)| s > 0) {
+                rows.push((p * PAGE_ROWS + r) as u32);
+                steps.push(s);
+                m.extend_from_slice(&page.m[r * self.dim..(r + 1) * self.dim]);
+                v.extend_from_slice(&page.v[r * vd..(r + 1) * vd]);
+            }
+        }
+        (rows, steps, m, v)
+    }
+
+    /// Write exported rows into the pages (allocating the pages they fall in).
+    fn import_pages(&mut self, (rows, steps, m, v): ExportedRows) -> Result<()> {
+        let vd = if self.rowwise { 1 } else { self.dim };
+        ensure!(m.len() == rows.len() * self.dim && v.len() == rows.len() * vd && steps.len() == rows.len(), "lazy AdamW: inconsistent row state");
+        for (k, (&row, &s)) in rows.iter().zip(&steps).enumerate() {
+            let (p, r) = (row as usize / PAGE_ROWS, row as usize % PAGE_ROWS);
+            let page = self.pages[p].get_or_insert_with(|| Box::new(Page::new(self.dim, self.rowwise)));
+            page.steps[r] = s;
+            page.m[r * self.dim..(r + 1) * self.dim].copy_from_slice(&m[k * self.dim..(k + 1) * self.dim]);
+            page.v[r * vd..(r + 1) * vd].copy_from_slice(&v[k * vd..(k + 1) * vd]);
+        }
+        Ok(())
     }
 }
 
@@ -281,7 +382,8 @@ fn check_table(table: &Tensor, n_rows: usize, dim: usize, who: &str) -> Result<(
         "{who}: value table has shape {:?}, the optimiser was made for ({n_rows}, {dim})",
         table.dims()
     );
-    ensure!(table.dtype() == DType::F32 && table.device().is_cpu() && table.is_contiguous(), "{who}: value table must be a contiguous CPU f32 tensor");
+    ensure!(table.dtype() == DType::F32 && table.is_contiguous(), "{who}: value table must be a contiguous f32 tensor");
+    ensure!(table.device().is_cpu() || cfg!(feature = "cuda") && table.device().is_cuda(), "{who}: value table on {:?} is not supported by this build", table.device());
     Ok(())
 }
 
@@ -309,6 +411,30 @@ impl ValueUpdate for LazyAdamW {
             inv_sqrt_bc2: (1.0 / (1.0 - beta2.powi(t as i32)).sqrt()) as f32,
             eps: eps as f32,
         };
+        #[cfg(feature = "cuda")]
+        if table.device().is_cuda() {
+            if self.device.is_none() {
+                // First step on the GPU: move the state there (loaded from a checkpoint, or empty).
+                let rows = self.export_pages();
+                self.device = Some(super::device_rows::DeviceRowState::from_rows(dim, rowwise, rows, table.device())?);
+                self.pages.iter_mut().for_each(|p| *p = None);
+            }
+            let consts = crate::ops::cuda::update::AdamConsts {
+                b1: beta1 as f32,
+                b2: beta2 as f32,
+                one_m_b1: (1.0 - beta1) as f32,
+                one_m_b2: (1.0 - beta2) as f32,
+                decay,
+                eps: eps as f32,
+            };
+            let state = self.device.as_mut().expect("device state was just made");
+            return state.step(table, &g.rows, &g.grads, |t| (kernel(t).step_size, kernel(t).inv_sqrt_bc2), consts);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(d) = self.device.take() {
+            // Back on the CPU after GPU steps: the state returns to the pages.
+            self.import_pages(d.export()?)?;
+        }
         let groups = page_groups(&g.rows);
         let pages = &mut self.pages;
         with_f32(&g.grads, |gd| {
@@ -349,17 +475,13 @@ impl ValueUpdate for LazyAdamW {
         let pre = self.prefix();
         let mut out = HashMap::new();
         out.insert(format!("{pre}.step"), step_tensor(self.t)?);
-        let (mut rows, mut steps, mut m, mut v) = (vec![], vec![], vec![], vec![]);
-        let vd = if self.rowwise { 1 } else { self.dim };
-        for (p, page) in self.pages.iter().enumerate() {
-            let Some(page) = page else { continue };
-            for (r, &s) in page.steps.iter().enumerate().filter(|(_, &s)| s > 0) {
-                rows.push((p * PAGE_ROWS + r) as u32);
-                steps.push(s);
-                m.extend_from_slice(&page.m[r * self.dim..(r + 1) * self.dim]);
-                v.extend_from_slice(&page.v[r * vd..(r + 1) * vd]);
-            }
-        }
+        #[cfg(feature = "cuda")]
+        let (rows, steps, m, v) = match &self.device {
+            Some(d) => d.export()?,
+            None => self.export_pages(),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let (rows, steps, m, v) = self.export_pages();
         // No rows yet: only the step (empty tensors are left out of the file).
         if !rows.is_empty() {
             let n = rows.len();
@@ -379,13 +501,12 @@ impl ValueUpdate for LazyAdamW {
             bail!("optimizer state holds `{other}.*` (value optimiser {other}), but this run's value optimiser is {pre}: set model.memory.value_optimizer to match");
         }
         let t = read_step(state, &format!("{pre}.step"))?;
-        let mut pages: Vec<Option<Box<Page>>> = (0..self.n_rows.div_ceil(PAGE_ROWS)).map(|_| None).collect();
+        let mut loaded = None;
         if let Some(rows) = state.get(&format!("{pre}.rows")) {
             let get = |k: &str| state.get(&format!("{pre}.{k}")).with_context(|| format!("optimizer state has `{pre}.rows` but no `{pre}.{k}`"));
             let rows: Vec<u32> = rows.to_vec1().with_context(|| format!("`{pre}.rows` must be a 1-D u32 tensor"))?;
             let steps: Vec<u32> = get("row_steps")?.to_vec1().with_context(|| format!("`{pre}.row_steps` must be a 1-D u32 tensor"))?;
             let n = rows.len();
-            let vd = if self.rowwise { 1 } else { self.dim };
             let (mt, vt) = (get("m")?, get("v")?);
             ensure!(mt.dims() == [n, self.dim], "optimizer state `{pre}.m` has shape {:?}, expected ({n}, {})", mt.dims(), self.dim);
             let v_ok = if self.rowwise { vt.dims() == [n] } else { vt.dims() == [n, self.dim] };
@@ -396,17 +517,19 @@ impl ValueUpdate for LazyAdamW {
                 ensure!((last as usize) < self.n_rows, "optimizer state `{pre}.rows` has row {last}, the table has {}", self.n_rows);
             }
             let (m, v): (Vec<f32>, Vec<f32>) = (mt.flatten_all()?.to_vec1()?, vt.flatten_all()?.to_vec1()?);
-            for (k, (&row, &s)) in rows.iter().zip(&steps).enumerate() {
-                let (p, r) = (row as usize / PAGE_ROWS, row as usize % PAGE_ROWS);
-                let page = pages[p].get_or_insert_with(|| Box::new(Page::new(self.dim, self.rowwise)));
-                page.steps[r] = s;
-                page.m[r * self.dim..(r + 1) * self.dim].copy_from_slice(&m[k * self.dim..(k + 1) * self.dim]);
-                page.v[r * vd..(r + 1) * vd].copy_from_slice(&v[k * vd..(k + 1) * vd]);
-            }
+            loaded = Some((rows, steps, m, v));
         }
         self.t = t;
-        self.pages = pages;
-        Ok(())
+        self.pages = (0..self.n_rows.div_ceil(PAGE_ROWS)).map(|_| None).collect();
+        #[cfg(feature = "cuda")]
+        {
+            // A GPU step rebuilds the device state from the pages.
+            self.device = None;
+        }
+        match loaded {
+            Some(rows) => self.import_pages(rows),
+            None => Ok(()),
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -482,6 +605,11 @@ impl SparseSgd {
             })
             .collect::<Result<_>>()?;
         let lr = lr as f32;
+        #[cfg(feature = "cuda")]
+        if table.device().is_cuda() {
+            let pairs: Vec<(u32, u32)> = pos.iter().map(|&(r, k)| (r as u32, k as u32)).collect();
+            return Ok(crate::ops::cuda::update::sgd_rows(table, &grads.grads, &pairs, lr)?);
+        }
         with_f32(&grads.grads, |g| {
             with_f32_mut(table, |tab| {
                 let base = SendPtr(tab.as_mut_ptr());
