@@ -6,7 +6,7 @@
 
 #[cfg(feature = "cuda")]
 use anyhow::Context;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Device;
 
 /// A parsed device name.
@@ -44,7 +44,7 @@ fn open_cuda(i: usize) -> Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(i: usize) -> Result<Device> {
-    bail!("device `cuda:{i}`: this memtune binary was built without CUDA; build one with `cargo build --release --features cuda` (README, \"GPU\")")
+    anyhow::bail!("device `cuda:{i}`: this memtune binary was built without CUDA; build one with `cargo build --release --features cuda` (README, \"GPU\")")
 }
 
 #[cfg(test)]
