@@ -37,6 +37,10 @@ pub struct MemoryBenchLine {
     pub rows_touched: usize,
     /// fwd+bwd time relative to the first (smallest) pool of this run.
     pub ratio_to_first: f64,
+    /// The forward's value reads per second: tokens × heads × knn rows of v_dim f32 (the
+    /// embedding bag's traffic; keys, queries and outputs not counted), against the device's
+    /// memory bandwidth (an H100: ~3,000 GB/s).
+    pub value_read_gb_per_s: f64,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -96,16 +100,18 @@ pub fn run(o: &MemoryBenchOptions, mut on_line: impl FnMut(&MemoryBenchLine)) ->
             }
         }
         let fwd_bwd_ms = median(both);
+        let median_fwd_ms = median(fwd);
         let first = out.first().map(|l| l.fwd_bwd_ms).unwrap_or(fwd_bwd_ms);
         let line = MemoryBenchLine {
             n_keys,
             slots: n_keys * n_keys,
             tokens: o.tokens,
-            fwd_ms: median(fwd),
+            fwd_ms: median_fwd_ms,
             fwd_bwd_ms,
             us_per_token: fwd_bwd_ms * 1e3 / o.tokens as f64,
             rows_touched: rows,
             ratio_to_first: fwd_bwd_ms / first,
+            value_read_gb_per_s: (o.tokens * o.heads * o.knn * o.v_dim * 4) as f64 / (median_fwd_ms * 1e-3) / 1e9,
         };
         on_line(&line);
         out.push(line);
