@@ -2,7 +2,7 @@
 //! the CPU ops' `CustomOp`s, the backwards are called from their `bwd` when the tensors are on a
 //! GPU. Correctness reference: the CPU ops, compared by tests/cuda.rs.
 
-use super::{cfg_1d, cfg_per_row, contiguous_f32, dense_func, device_of, launched, view_f32, wrap, zeros_f32, BLOCK};
+use super::{cfg_1d, cfg_per_row, contiguous_f32, dense_func, device_of, view_f32, wrap, zeros_f32, BLOCK};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{Result, Tensor};
@@ -19,7 +19,7 @@ pub fn rms_norm_fwd(dev: &CudaDevice, x: &CudaView<'_, f32>, w: &CudaView<'_, f3
         b.arg(&y);
         b.arg(&di);
         b.arg(&eps);
-        launched("rmsnorm_fwd", unsafe { b.launch(cfg_per_row(rows)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_per_row(rows)) }?;
     }
     Ok(y)
 }
@@ -48,7 +48,7 @@ pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f32) -> Result<(Ten
         b.arg(&rstd);
         b.arg(&di);
         b.arg(&eps);
-        launched("rmsnorm_bwd_dx", unsafe { b.launch(cfg_per_row(rows)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_per_row(rows)) }?;
         let f = dense_func(&dev, "rmsnorm_bwd_dw")?;
         let mut b = f.builder();
         b.arg(&xv);
@@ -58,7 +58,7 @@ pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f32) -> Result<(Ten
         b.arg(&ri);
         b.arg(&di);
         let cfg = LaunchConfig { grid_dim: ((d as u32).div_ceil(BLOCK), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launched("rmsnorm_bwd_dw", unsafe { b.launch(cfg) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg) }?;
     }
     Ok((wrap(dx, &dev, x.shape().clone()), wrap(dw, &dev, w.shape().clone())))
 }
@@ -73,7 +73,7 @@ pub fn softmax_fwd(dev: &CudaDevice, x: &CudaView<'_, f32>, rows: usize, d: usiz
         b.arg(x);
         b.arg(&y);
         b.arg(&di);
-        launched("softmax_fwd", unsafe { b.launch(cfg_per_row(rows)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_per_row(rows)) }?;
     }
     Ok(y)
 }
@@ -96,7 +96,7 @@ pub fn softmax_bwd(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
         b.arg(&gv);
         b.arg(&dx);
         b.arg(&di);
-        launched("softmax_bwd", unsafe { b.launch(cfg_per_row(rows)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_per_row(rows)) }?;
     }
     Ok(wrap(dx, &dev, y.shape().clone()))
 }
@@ -111,7 +111,7 @@ pub fn swiglu_fwd(dev: &CudaDevice, g: &CudaView<'_, f32>, u: &CudaView<'_, f32>
         b.arg(u);
         b.arg(&y);
         b.arg(&n);
-        launched("swiglu_fwd", unsafe { b.launch(cfg_1d(n)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_1d(n)) }?;
     }
     Ok(y)
 }
@@ -136,7 +136,7 @@ pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Te
         b.arg(&dg);
         b.arg(&du);
         b.arg(&n);
-        launched("swiglu_bwd", unsafe { b.launch(cfg_1d(n)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_1d(n)) }?;
     }
     Ok((wrap(dg, &dev, gate.shape().clone()), wrap(du, &dev, up.shape().clone())))
 }
@@ -162,7 +162,7 @@ pub fn rope_rotate(dev: &CudaDevice, x: &CudaView<'_, f32>, cos: &[f32], sin: &[
         b.arg(&hi);
         b.arg(&halfi);
         b.arg(&sign);
-        launched("rope_rotate", unsafe { b.launch(cfg_1d(rows * half)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_1d(rows * half)) }?;
     }
     Ok(y)
 }
@@ -179,7 +179,7 @@ pub fn ce_rows(dev: &CudaDevice, x: &CudaView<'_, f32>, targets: &CudaView<'_, u
         b.arg(&out);
         b.arg(&vi);
         b.arg(&sign);
-        launched("ce_rows", unsafe { b.launch(cfg_per_row(n)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_per_row(n)) }?;
     }
     Ok(out)
 }
@@ -194,7 +194,7 @@ pub fn ce_mean(dev: &CudaDevice, rows: &CudaSlice<f32>, n: usize, count: usize) 
     b.arg(&ni);
     b.arg(&ci);
     b.arg(&out);
-    launched("ce_mean", unsafe { b.launch(cfg_per_row(1)) }.map(|_| ()))?;
+    unsafe { f.launch(b, cfg_per_row(1)) }?;
     Ok(out)
 }
 
@@ -217,7 +217,7 @@ pub fn ce_bwd(logits: &Tensor, targets: &Tensor, scale: f32) -> Result<Tensor> {
         b.arg(&dx);
         b.arg(&vi);
         b.arg(&scale);
-        launched("ce_bwd", unsafe { b.launch(cfg_per_row(n)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_per_row(n)) }?;
     }
     Ok(wrap(dx, &dev, (n, v)))
 }

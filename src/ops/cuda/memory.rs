@@ -3,7 +3,7 @@
 //! Correctness reference: the CPU ops (`ops::product_keys`, `ops::embedding_bag`), compared on random
 //! inputs by tests/cuda.rs.
 
-use super::{cfg_rows, device_of, func, launched, upload_u32, view_f32, wrap, zeros_f32, BLOCK};
+use super::{cfg_rows, device_of, func, upload_u32, view_f32, wrap, zeros_f32, BLOCK};
 use crate::ops::product_keys::SlotHandle;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDevice;
@@ -47,7 +47,7 @@ pub fn select(q: &Tensor, keys: &Tensor, knn: usize) -> Result<(Tensor, Tensor)>
         b.arg(&k);
         let cfg = LaunchConfig { grid_dim: ((n_tok * heads) as u32, 1, 1), block_dim: (SELECT_THREADS, 1, 1), shared_mem_bytes: (16 * knn) as u32 };
         if n_tok * heads > 0 {
-            launched("pk_select", unsafe { b.launch(cfg) }.map(|_| ()))?;
+            unsafe { f.launch(b, cfg) }?;
         }
     }
     Ok((wrap(scores, &dev, (n_tok, heads, knn)), wrap(slots, &dev, (n_tok, heads, knn))))
@@ -104,7 +104,7 @@ pub fn ebag_forward(dev: &CudaDevice, w: &CudaView<'_, f32>, g: &CudaView<'_, f3
     b.arg(&nt);
     b.arg(&mi);
     b.arg(&di);
-    launched("ebag_fwd", unsafe { b.launch(cfg_rows(n_tok, d)) }.map(|_| ()))?;
+    unsafe { f.launch(b, cfg_rows(n_tok, d)) }?;
     Ok(y)
 }
 
@@ -139,7 +139,7 @@ pub fn ebag_backward(w: &Tensor, g: &Tensor, dy: &Tensor, inv: &[u32], m: usize)
         b.arg(&di);
         let warps_per_block = (BLOCK / 32) as usize;
         let cfg = LaunchConfig { grid_dim: (n_entries.div_ceil(warps_per_block) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launched("ebag_bwd_dw", unsafe { b.launch(cfg) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg) }?;
         let f = func(&dev, "ebag_bwd_dg")?;
         let mut b = f.builder();
         b.arg(&wv);
@@ -149,7 +149,7 @@ pub fn ebag_backward(w: &Tensor, g: &Tensor, dy: &Tensor, inv: &[u32], m: usize)
         b.arg(&dg);
         b.arg(&mi);
         b.arg(&di);
-        launched("ebag_bwd_dg", unsafe { b.launch(cfg_rows(u, d)) }.map(|_| ()))?;
+        unsafe { f.launch(b, cfg_rows(u, d)) }?;
     }
     Ok((wrap(dw, &dev, w.shape().clone()), wrap(dg, &dev, (u, d))))
 }

@@ -34,29 +34,42 @@ const DENSE_MODULE: &str = "memtune-dense";
 /// Threads per block of the row / element-wise kernels.
 pub const BLOCK: u32 = 256;
 
-/// A loaded kernel and the device's stream it launches on.
+/// A loaded kernel, its name (for errors) and the device's stream it launches on.
 pub struct Kernel {
+    name: String,
     func: CudaFunction,
     stream: Arc<CudaStream>,
 }
 
 impl Kernel {
+    fn load(dev: &CudaDevice, name: &str, module: &str, ptx: &str) -> Result<Kernel> {
+        let func = dev.get_or_load_custom_func(name, module, ptx)?.into_cuda_function();
+        Ok(Kernel { name: name.to_string(), func, stream: dev.cuda_stream() })
+    }
+
     /// Arguments are pushed in the kernel's parameter order, then `launch`.
     pub fn builder(&self) -> LaunchArgs<'_> {
         self.stream.launch_builder(&self.func)
+    }
+
+    /// Launch with the arguments pushed on `b`; an error names the kernel.
+    ///
+    /// # Safety
+    /// `b`'s arguments must match the kernel's parameters in number, order and type, and the
+    /// buffers must be large enough for `cfg`'s threads.
+    pub unsafe fn launch(&self, mut b: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
+        unsafe { b.launch(cfg) }.map(|_| ()).w().map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {}: {e}", self.name)))
     }
 }
 
 /// A kernel of `kernels/memory.cu` (the module is loaded once per device).
 pub fn func(dev: &CudaDevice, name: &str) -> Result<Kernel> {
-    let func = dev.get_or_load_custom_func(name, MEMORY_MODULE, ptx::MEMORY)?.into_cuda_function();
-    Ok(Kernel { func, stream: dev.cuda_stream() })
+    Kernel::load(dev, name, MEMORY_MODULE, ptx::MEMORY)
 }
 
 /// A kernel of `kernels/dense.cu`.
 pub fn dense_func(dev: &CudaDevice, name: &str) -> Result<Kernel> {
-    let func = dev.get_or_load_custom_func(name, DENSE_MODULE, ptx::DENSE)?.into_cuda_function();
-    Ok(Kernel { func, stream: dev.cuda_stream() })
+    Kernel::load(dev, name, DENSE_MODULE, ptx::DENSE)
 }
 
 /// One block of BLOCK threads per row.
@@ -94,20 +107,23 @@ pub fn view_u32<'a>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, u32>> {
 
 fn view<'a, T: candle_core::cuda_backend::CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>> {
     let Storage::Cuda(c) = s else { candle_core::bail!("expected a CUDA tensor") };
+    contiguous_view(c, l)
+}
+
+/// The contiguous buffer of `c` that `l` covers (an error for strided layouts).
+fn contiguous_view<'a, T: candle_core::cuda_backend::CudaDType>(c: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor, got strides {:?}", l.stride()) };
     Ok(c.as_cuda_slice::<T>()?.slice(a..b))
 }
 
 /// The contiguous f32 buffer of a `cuda_fwd` input.
 pub fn input_f32<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor, got strides {:?}", l.stride()) };
-    Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+    contiguous_view(s, l)
 }
 
 /// The contiguous u32 buffer of a `cuda_fwd` input.
 pub fn input_u32<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, u32>> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor, got strides {:?}", l.stride()) };
-    Ok(s.as_cuda_slice::<u32>()?.slice(a..b))
+    contiguous_view(s, l)
 }
 
 /// A tensor (no gradient) owning `slice`, of shape `shape`.
@@ -123,16 +139,18 @@ pub fn zeros_f32(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
 
 /// Upload host u32 data.
 pub fn upload_u32(dev: &CudaDevice, v: &[u32]) -> Result<CudaSlice<u32>> {
-    if v.is_empty() {
-        return dev.alloc_zeros::<u32>(1);
-    }
-    dev.clone_htod(v)
+    upload(dev, v)
 }
 
 /// Upload host f32 data.
 pub fn upload_f32(dev: &CudaDevice, v: &[f32]) -> Result<CudaSlice<f32>> {
+    upload(dev, v)
+}
+
+/// Host data on the device; an empty slice becomes one zero (kernels never get a null buffer).
+fn upload<T: 'static + candle_core::cuda_backend::CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr + candle_core::cuda_backend::cudarc::driver::ValidAsZeroBits>(dev: &CudaDevice, v: &[T]) -> Result<CudaSlice<T>> {
     if v.is_empty() {
-        return dev.alloc_zeros::<f32>(1);
+        return dev.alloc_zeros::<T>(1);
     }
     dev.clone_htod(v)
 }
@@ -176,11 +194,6 @@ where
     t.inplace_op1(&InplaceLaunch(Mutex::new(Some(f))))
 }
 
-/// Launch error with the kernel's name.
-pub fn launched(name: &str, r: std::result::Result<(), candle_core::cuda_backend::cudarc::driver::DriverError>) -> Result<()> {
-    r.w().map_err(|e| candle_core::Error::Msg(format!("CUDA kernel {name}: {e}")))
-}
-
 /// x ← s·x, in place.
 pub fn scale_inplace(x: &Tensor, s: f32) -> Result<()> {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
@@ -194,6 +207,6 @@ pub fn scale_inplace(x: &Tensor, s: f32) -> Result<()> {
         b.arg(xs);
         b.arg(&n);
         b.arg(&s);
-        launched("scale_inplace", unsafe { b.launch(cfg_1d(n)) }.map(|_| ()))
+        unsafe { f.launch(b, cfg_1d(n)) }
     })
 }

@@ -4,7 +4,7 @@
 //! Correctness reference: the CPU updates in `train::sparse_values` and `train::optim`, compared by
 //! tests/cuda.rs.
 
-use super::{cfg_1d, cfg_rows, contiguous_f32, func, inplace, launched, upload_f32, upload_u32, view_f32, BLOCK};
+use super::{cfg_1d, cfg_rows, contiguous_f32, func, inplace, upload_f32, upload_u32, view_f32, BLOCK};
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::{Result, Tensor};
 
@@ -28,7 +28,7 @@ pub fn sgd_rows(table: &Tensor, grads: &Tensor, pairs: &[(u32, u32)], lr: f32) -
         b.arg(&pairs);
         b.arg(&di);
         b.arg(&lr);
-        launched("sgd_rows", unsafe { b.launch(cfg_rows(flat.len() / 2, d)) }.map(|_| ()))
+        unsafe { f.launch(b, cfg_rows(flat.len() / 2, d)) }
     })
 }
 
@@ -73,7 +73,7 @@ pub fn adam_rows(table: &Tensor, state: &Tensor, grads: &Tensor, meta: &[(u32, u
         b.arg(&k.one_m_b1);
         b.arg(&k.one_m_b2);
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launched("adam_moments", unsafe { b.launch(cfg) }.map(|_| ()))
+        unsafe { f.launch(b, cfg) }
     })?;
     inplace(table, |dev, tab| {
         let meta_d = upload_u32(dev, &meta_flat)?;
@@ -90,7 +90,7 @@ pub fn adam_rows(table: &Tensor, state: &Tensor, grads: &Tensor, meta: &[(u32, u
         b.arg(&rw);
         b.arg(&k.decay);
         b.arg(&k.eps);
-        launched("adam_apply", unsafe { b.launch(cfg_rows(rows, d)) }.map(|_| ()))
+        unsafe { f.launch(b, cfg_rows(rows, d)) }
     })
 }
 
@@ -113,7 +113,7 @@ pub fn adam_dense(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, k: AdamConsts,
             b.arg(&a);
             b.arg(&bcoef);
             b.arg(&square);
-            launched("ema_inplace", unsafe { b.launch(cfg_1d(n)) }.map(|_| ()))
+            unsafe { f.launch(b, cfg_1d(n)) }
         })
     };
     ema(m, k.b1, k.one_m_b1, 0)?;
@@ -132,6 +132,6 @@ pub fn adam_dense(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, k: AdamConsts,
         b.arg(&step_size);
         b.arg(&inv_sqrt_bc2);
         b.arg(&k.eps);
-        launched("adam_dense_apply", unsafe { b.launch(cfg_1d(n)) }.map(|_| ()))
+        unsafe { f.launch(b, cfg_1d(n)) }
     })
 }
