@@ -174,6 +174,9 @@ pub struct FinetuneConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// Precision of the matrix multiplies while finetuning (see `train.precision`).
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     pub sparse_memory: SparseMemoryConfig,
     pub lora: LoraFinetuneConfig,
     pub full: FullFinetuneConfig,
@@ -190,6 +193,7 @@ impl Default for FinetuneConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            precision: Precision::F32,
             sparse_memory: SparseMemoryConfig::default(),
             lora: LoraFinetuneConfig::default(),
             full: FullFinetuneConfig::default(),
@@ -524,6 +528,37 @@ pub struct TrainConfig {
     /// Held-out loss every N steps (0: never during training).
     pub eval_every: usize,
     pub eval_batches: usize,
+    /// Precision of the matrix multiplies (`f32`, or `bf16` on bf16 copies of f32 master
+    /// weights); every training loop built from this config uses it. Written only when not f32,
+    /// so f32 configs keep their pretraining hash.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// What the linear layers multiply in. The parameters, their gradients and the optimiser state are
+/// f32 either way (the master copies); with `Bf16` each projection casts its input and weight to
+/// bf16, multiplies (tensor cores on a GPU), and casts the product back to f32. Norms, RoPE,
+/// attention, the loss and the memory layer's value reads stay f32.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The dtype the linear layers multiply in.
+    pub fn matmul_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -549,6 +584,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             eval_every: 0,
             eval_batches: 8,
+            precision: Precision::F32,
         }
     }
 }

@@ -186,6 +186,28 @@ fn finetuning_raises_new_fact_accuracy() {
 }
 
 #[test]
+fn finetuning_with_bf16_matmuls_learns_and_leaves_frozen_masters_bit_identical() {
+    // Sparse memory under `finetune.precision = "bf16"`: the frozen dense weights are only ever
+    // cast, never written; top-t rows still move; the facts are still learned.
+    let base = base();
+    let values0 = base.store.get(VALUES_NAME).unwrap().as_tensor().copy().unwrap();
+    let c = cfg(&["finetune.facts=4", "finetune.precision=\"bf16\"", "finetune.sparse_memory.lr=300", "finetune.sparse_memory.top_t=400", "finetune.sparse_memory.steps_per_fact=10"]);
+    let facts = facts_for(&c.finetune, base.world.as_ref()).unwrap();
+    let before = statement_completion(&base.model, &base.tokenizer, &facts).unwrap();
+    let (tuned, out) = run_method(&base, &c.finetune, &facts, |_, _| {}).unwrap();
+    assert!(dense_identical(&base, &tuned.store).is_empty(), "bf16 finetuning wrote a frozen dense weight");
+    let rows = changed_rows(&values0, tuned.store.get(VALUES_NAME).unwrap().as_tensor());
+    assert!(!rows.is_empty() && rows.len() <= 4 * 400, "{} rows changed", rows.len());
+    let after = statement_completion(&tuned.model, &base.tokenizer, &facts).unwrap();
+    assert!(out.mean_last_loss < out.mean_first_loss, "bf16: loss did not fall on the facts");
+    assert!(after.em >= before.em + 0.06, "bf16: statement completion {:.3} -> {:.3}", before.em, after.em);
+    let mut f32_ft = c.finetune.clone();
+    f32_ft.precision = memtune::config::Precision::F32;
+    let f32_run = run_method(&base, &f32_ft, &facts, |_, _| {});
+    assert_ne!(f32_run.unwrap().1.mean_first_loss, out.mean_first_loss, "finetune.precision = bf16 changed nothing");
+}
+
+#[test]
 fn background_index_is_stored_in_the_checkpoint() {
     let ck = memtune::io::checkpoint::Checkpoint::load(&pretrained().join("checkpoint"), &Device::Cpu).unwrap();
     let df = &ck.model[BACKGROUND_DF_NAME];
@@ -252,6 +274,8 @@ fn finetune_config_errors_name_the_key() {
     assert!(err(&["finetune.lora.bogus=1"]).contains("finetune.lora.bogus"));
     assert!(err(&["finetune.lora.targets=[\"qq\"]"]).contains("finetune.lora"));
     assert!(err(&["finetune.method=\"dense\""]).contains("finetune.method"));
+    assert!(err(&["finetune.precision=\"fp16\""]).contains("finetune.precision"));
+    assert!(err(&["train.precision=\"f64\""]).contains("train.precision"));
     assert!(err(&["finetune.full.steps_per_fact=0"]).contains("finetune.full.steps_per_fact"));
     assert!(err(&["background.batches=0"]).contains("background.batches"));
     // Grids: every combination, in order; unknown keys and bad values name the grid key.

@@ -40,7 +40,7 @@ fn layer_inputs(m: &MemoryConfig, seed: u64) -> Vec<Tensor> {
 }
 
 fn layer(m: &MemoryConfig, a: &[Tensor]) -> MemoryLayer {
-    let lin = |w: &Tensor, b: &Tensor| Linear { weight: w.clone(), bias: Some(b.clone()), lora: None };
+    let lin = |w: &Tensor, b: &Tensor| Linear::from_weights(w.clone(), Some(b.clone()));
     MemoryLayer::from_parts(0, m.clone(), lin(&a[1], &a[2]), a[3].clone(), lin(&a[4], &a[5]), lin(&a[6], &a[7]), a[8].clone(), 1e-5).unwrap()
 }
 

@@ -3,7 +3,8 @@
 //! zero some of them. The memory value table is handed to the model detached; its gradient arrives
 //! on the gathered rows of each memory trace, and every touched row must get one.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use memtune::config::Precision;
 use memtune::model::{ForwardCtx, Llama, LlamaConfig, MemoryConfig, ParamBuilder, ParamStore, VALUES_NAME};
 
 fn tiny(tie: bool, kv_heads: usize, bias: bool) -> LlamaConfig {
@@ -22,9 +23,13 @@ fn tiny(tie: bool, kv_heads: usize, bias: bool) -> LlamaConfig {
 }
 
 fn check(cfg: &LlamaConfig) {
+    check_in(cfg, Precision::F32);
+}
+
+fn check_in(cfg: &LlamaConfig, precision: Precision) {
     let dev = Device::Cpu;
     let store = ParamStore::new();
-    let model = Llama::new(cfg, &ParamBuilder::fresh(&store, 7, &dev)).unwrap();
+    let model = Llama::new(cfg, &ParamBuilder::fresh(&store, 7, &dev).with_precision(precision)).unwrap();
     let ids: Vec<u32> = (0..2 * 12).map(|i| (i * 7 % 48) as u32).collect();
     let inputs = Tensor::from_vec(ids[..].to_vec(), (2, 12), &dev).unwrap();
     let targets = Tensor::from_vec(ids.iter().map(|i| (i + 1) % 48).collect::<Vec<u32>>(), (2, 12), &dev).unwrap();
@@ -39,6 +44,7 @@ fn check(cfg: &LlamaConfig) {
             continue;
         }
         let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+        assert_eq!((var.dtype(), g.dtype()), (DType::F32, DType::F32), "{name}: masters and their gradients are f32 in every precision");
         let v: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|x| x.is_finite()), "{name}: non-finite gradient");
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -79,4 +85,12 @@ fn every_parameter_gets_a_gradient_with_memory_layers() {
     check(&with_memory(tiny(false, 4, false), vec![1], false));
     check(&with_memory(tiny(true, 2, true), vec![0], true));
     check(&with_memory(tiny(false, 2, false), vec![0, 1], true));
+}
+
+#[test]
+fn every_parameter_gets_a_gradient_with_bf16_matmuls() {
+    // Mixed precision: the projections multiply bf16 casts; each cast's backward must carry the
+    // gradient back to its f32 master.
+    check_in(&tiny(false, 2, true), Precision::Bf16);
+    check_in(&with_memory(tiny(true, 4, false), vec![1], true), Precision::Bf16);
 }

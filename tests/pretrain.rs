@@ -24,6 +24,28 @@ fn loss_falls_and_runs_are_deterministic() {
 }
 
 #[test]
+fn bf16_matmuls_track_the_f32_run_and_keep_f32_masters() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let run = |d: &tempfile::TempDir, p: &str| {
+        pretrain::run(&tiny_config(d.path(), &["train.steps=40", &format!("train.precision=\"{p}\"")]), false).unwrap();
+        losses(&d.path().join("run"))
+    };
+    let (f32s, bf16, again) = (run(&dirs[0], "f32"), run(&dirs[1], "bf16"), run(&dirs[2], "bf16"));
+    assert_eq!(bf16, again, "bf16 runs must be deterministic");
+    assert_ne!(bf16, f32s, "train.precision = bf16 changed nothing: the matmuls did not run in bf16");
+    for ((step, a), (_, b)) in f32s.iter().zip(&bf16) {
+        assert!((a - b).abs() <= 0.02 * a, "step {step}: bf16 loss {b} is more than 2% from f32's {a}");
+    }
+    assert!(bf16[35..].iter().map(|x| x.1).sum::<f32>() / 5.0 < bf16[..5].iter().map(|x| x.1).sum::<f32>() / 5.0 - 1.0, "bf16 loss did not fall");
+    let ck = Checkpoint::load(&dirs[1].path().join("run/checkpoint"), &candle_core::Device::Cpu).unwrap();
+    for (name, t) in ck.model.iter().chain(&ck.optimizer) {
+        assert!(matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::U32), "{name} saved as {:?}", t.dtype());
+    }
+    let resolved = std::fs::read_to_string(dirs[1].path().join("run/checkpoint/experiment.toml")).unwrap();
+    assert!(resolved.contains("precision = \"bf16\""), "the run's config does not record its precision");
+}
+
+#[test]
 fn resume_reproduces_an_uninterrupted_run_bit_for_bit() {
     resume_is_bit_exact(&[], &[]);
 }

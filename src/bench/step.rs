@@ -14,6 +14,9 @@ use std::time::Instant;
 
 #[derive(Debug, Serialize)]
 pub struct StepReport {
+    pub device: String,
+    /// `train.precision`: what the linear layers multiply in.
+    pub precision: crate::config::Precision,
     pub params: usize,
     pub batch_size: usize,
     pub seq_len: usize,
@@ -88,6 +91,8 @@ pub fn run(cfg: &ExperimentConfig, warmup: usize, steps: usize) -> Result<StepRe
     }
     let secs = t0.elapsed().as_secs_f64();
     Ok(StepReport {
+        device: bench.cfg.run.device.clone(),
+        precision: bench.cfg.train.precision,
         params: bench.store.num_elements(),
         batch_size: cfg.train.batch_size,
         seq_len: cfg.train.seq_len,

@@ -139,6 +139,8 @@ pub struct Llama {
     /// (V, D); the embedding itself when tied.
     pub lm_head: Tensor,
     rope: ops::RopeTables,
+    /// What the LM head multiplies in (the builder's precision, like every `Linear`).
+    matmul_dtype: DType,
 }
 
 impl Llama {
@@ -191,7 +193,7 @@ impl Llama {
         };
         let inv_freq = super::rope_scaling::inv_freq(cfg.head_dim(), cfg.rope_theta, cfg.rope_scaling.as_ref());
         let rope = ops::RopeTables::from_inv_freq(&inv_freq, cfg.max_position_embeddings, pb.device())?;
-        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
+        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope, matmul_dtype: pb.precision().matmul_dtype() })
     }
 
     pub fn device(&self) -> &Device {
@@ -225,7 +227,7 @@ impl Llama {
     /// Logits (B·T, V).
     pub fn forward(&self, tokens: &Tensor, cache: Option<&mut KvCache>, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let h = self.hidden(tokens, cache, ctx)?;
-        Ok(h.matmul(&self.lm_head.t()?)?)
+        Ok(super::linear::matmul_t(&h, &self.lm_head, self.matmul_dtype)?)
     }
 
     /// Mean next-token loss; `targets` (B, T) u32 with `ops::IGNORE_INDEX` for positions to skip.

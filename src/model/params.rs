@@ -5,6 +5,7 @@
 //! the model is built: frozen parameters are handed out detached (same storage, no gradient), so
 //! backward does no work for them.
 
+use crate::config::Precision;
 use crate::util::rng_for;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -115,6 +116,8 @@ pub struct ParamBuilder {
     init_missing: Option<u64>,
     /// LoRA adapters to attach to the linear layers it targets.
     lora: Option<Arc<super::lora::LoraConfig>>,
+    /// What the linear layers multiply in (`train.precision`); parameters are f32 regardless.
+    precision: Precision,
 }
 
 impl ParamBuilder {
@@ -128,6 +131,7 @@ impl ParamBuilder {
             trainable: Arc::new(|_| true),
             init_missing: None,
             lora: None,
+            precision: Precision::F32,
         }
     }
 
@@ -141,6 +145,7 @@ impl ParamBuilder {
             trainable: Arc::new(|_| true),
             init_missing: None,
             lora: None,
+            precision: Precision::F32,
         }
     }
 
@@ -169,6 +174,16 @@ impl ParamBuilder {
 
     pub fn lora(&self) -> Option<&super::lora::LoraConfig> {
         self.lora.as_deref()
+    }
+
+    /// Linear layers multiply in `precision` (bf16 copies of the f32 masters under `Bf16`).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The last component of this builder's path (`q_proj` under `...self_attn.q_proj`).

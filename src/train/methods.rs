@@ -54,7 +54,7 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
             if memory.is_none() {
                 bail!("method `sparse-memory` needs a model with a memory layer (model.memory.layers)");
             }
-            let model = Llama::new(cfg, &ParamBuilder::existing(&store, device).with_trainable(|_| false))?;
+            let model = Llama::new(cfg, &ParamBuilder::existing(&store, device).with_precision(ft.precision).with_trainable(|_| false))?;
             let index = match sm.ranking {
                 Ranking::Tfidf => Some(background.cloned().ok_or_else(|| {
                     anyhow::anyhow!("ranking = \"tfidf\" needs a background index: run `memtune background` on the checkpoint first")
@@ -68,7 +68,7 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
         }
         MethodKind::Lora => {
             let lo = &ft.lora;
-            let pb = ParamBuilder::existing(&store, device).with_init_missing(ft.seed).with_lora(lo.lora()).with_trainable(|n| n.contains(".lora_"));
+            let pb = ParamBuilder::existing(&store, device).with_precision(ft.precision).with_init_missing(ft.seed).with_lora(lo.lora()).with_trainable(|n| n.contains(".lora_"));
             let model = Llama::new(cfg, &pb)?;
             let names = adapter_names(&store);
             if names.is_empty() {
@@ -79,7 +79,7 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
         }
         MethodKind::Full => {
             let fu = &ft.full;
-            let model = Llama::new(cfg, &ParamBuilder::existing(&store, device))?;
+            let model = Llama::new(cfg, &ParamBuilder::existing(&store, device).with_precision(ft.precision))?;
             let names = dense_names(&store);
             let optimizer = Box::new(AdamW::new(&store, default_groups(&store, &names, fu.weight_decay), hp)?);
             let values: Option<Box<dyn ValueUpdate>> = memory.map(|m| {

@@ -109,7 +109,7 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
     let store = ParamStore::new();
     let (model, optimizer, values, start, pos) = if resume {
         let ck = Checkpoint::load(&ckpt_dir, &device)?;
-        let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, ck.model, &device).with_trainable(trainable_filter(cfg)))?;
+        let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, ck.model, &device).with_trainable(trainable_filter(cfg)).with_precision(cfg.train.precision))?;
         let mut opt = make_optimizer(cfg, &store, &trainable_names(cfg, &store))?;
         opt.load_state(&ck.optimizer)?;
         let mut values = value_update_from_config(&cfg.model, &cfg.train);
@@ -191,7 +191,7 @@ pub fn init_model(cfg: &ExperimentConfig, store: &ParamStore, device: &Device) -
         tracing::info!("starting from {} ({} tensors; missing ones initialised from seed {})", base.display(), tensors.len(), cfg.train.seed);
         ParamBuilder::from_tensors(store, tensors, device).with_init_missing(cfg.train.seed)
     };
-    Llama::new(&cfg.model, &pb.with_trainable(trainable_filter(cfg)))
+    Llama::new(&cfg.model, &pb.with_trainable(trainable_filter(cfg)).with_precision(cfg.train.precision))
 }
 
 /// The folder of `[init] model` (a model folder, run directory or cached hf-hub repo id).
