@@ -145,6 +145,21 @@ fn embedding_bag_matches_cpu() {
     compare("embedding_bag", &g, &inputs, 1e-4, &|a| ops::embedding_bag(&a[0], &a[1], inv.clone()).unwrap());
 }
 
+/// The memory layer's read: rows in place from a table through the slots, gradients on a leaf.
+#[test]
+fn embedding_bag_from_table_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let (n, m, rows, d) = (90, 8, 300, 37);
+    let slots: Vec<u32> = (0..(n * m) as u64).map(|i| ((i * i * 7 + 3) % rows as u64) as u32).collect();
+    let (unique, inv) = memtune::model::memory::unique_inverse(&slots);
+    let (slots, inv) = (Arc::new(slots), Arc::new(inv));
+    let table = randn((rows, d), 64).unwrap();
+    let inputs = [randn((n, 2, m / 2), 65).unwrap(), Tensor::zeros((unique.len(), d), DType::F32, &Device::Cpu).unwrap()];
+    compare("embedding_bag_from_table", &g, &inputs, 1e-4, &|a| {
+        ops::embedding_bag_from_table(&a[0], &a[1], inv.clone(), &table.to_device(a[0].device()).unwrap(), slots.clone()).unwrap()
+    });
+}
+
 fn small_memory() -> MemoryConfig {
     MemoryConfig { layers: vec![0], n_keys: 32, heads: 2, knn: 8, k_dim: 32, v_dim: 24, qk_norm: true, ..Default::default() }
 }

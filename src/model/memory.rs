@@ -23,9 +23,7 @@ use super::linear::Linear;
 use super::llama::{FeedForward, ForwardCtx, SwiGluMlp};
 use super::params::{Init, ParamBuilder};
 use crate::ops;
-use crate::ops::access::with_f32;
-use crate::ops::kernels::rows_per_task;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor, Var};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -178,25 +176,18 @@ impl FeedForward for MemoryLayer {
         let (scores, handle) = ops::product_key_topk(&q, &keys, c.knn)?;
         let w = ops::softmax_rows(&scores)?;
         let slots = handle.get().context("product-key top-k produced no slots")?;
-        let (rows, inverse) = unique_inverse(&slots);
-        let shape = (rows.len(), c.v_dim);
-        let (g, leaf) = if !x.device().is_cpu() {
-            // On a GPU the table stays there: index_select gathers the rows on the device.
-            let gathered = self.values.index_select(&Tensor::from_vec(rows.clone(), rows.len(), x.device())?, 0)?;
-            if ctx.skip_memory_traces {
-                (gathered, None)
-            } else {
-                let v = Var::from_tensor(&gathered)?;
-                (v.as_tensor().clone(), Some(v))
-            }
-        } else if ctx.skip_memory_traces {
-            (Tensor::from_vec(gather_rows(&self.values, &rows)?, shape, x.device())?, None)
+        // The value rows are read in place from the table (no gathered copy). Inference needs
+        // nothing else; training also needs the distinct rows, and a zero (rows, v_dim) leaf that
+        // stands for them and receives their gradient.
+        let (y, leaf, rows, inverse) = if ctx.skip_memory_traces {
+            (ops::embedding_bag(&w, &self.values, slots.clone())?, None, vec![], Arc::new(vec![]))
         } else {
-            let v = Var::from_vec(gather_rows(&self.values, &rows)?, shape, x.device())?;
-            (v.as_tensor().clone(), Some(v))
+            let (rows, inverse) = unique_inverse(&slots);
+            let leaf = Var::zeros((rows.len(), c.v_dim), DType::F32, x.device())?;
+            let inverse = Arc::new(inverse);
+            let y = ops::embedding_bag_from_table(&w, leaf.as_tensor(), inverse.clone(), &self.values, slots.clone())?;
+            (y, Some(leaf), rows, inverse)
         };
-        let inverse = Arc::new(inverse);
-        let y = ops::embedding_bag(&w, &g, inverse.clone())?;
         let h = ops::swiglu(&self.swilu.forward(x)?, &y)?;
         let out = self.out.forward(&h)?;
         if let Some(values) = leaf {
@@ -257,7 +248,8 @@ pub struct MemoryTrace {
     pub rows: Arc<Vec<u32>>,
     /// For each entry of `slots`, its position in `rows`.
     pub inverse: Arc<Vec<u32>>,
-    /// The gathered rows (U, v_dim): the leaf whose gradient is the table's sparse gradient.
+    /// A zero (U, v_dim) leaf standing for the rows (the forward reads them in place from the
+    /// table): its gradient is the table's sparse gradient, row i for slot `rows[i]`.
     pub values: Var,
     /// `ForwardCtx::token_mask` of the forward (None: every position is a real token).
     pub token_mask: Option<Vec<bool>>,
@@ -356,27 +348,6 @@ pub fn unique_inverse(slots: &[u32]) -> (Vec<u32>, Vec<u32>) {
     rows.dedup();
     let inverse = slots.par_iter().map(|s| rows.binary_search(s).expect("value is among the rows") as u32).collect();
     (rows, inverse)
-}
-
-/// Copy rows `rows` of a contiguous (R, D) f32 table into a new (rows.len() × D) buffer, in parallel.
-pub fn gather_rows(table: &Tensor, rows: &[u32]) -> Result<Vec<f32>> {
-    let (n, d) = table.dims2()?;
-    if let Some(&r) = rows.iter().find(|&&r| r as usize >= n) {
-        bail!("gather_rows: row {r} out of range for a table of {n} rows");
-    }
-    if d == 0 {
-        return Ok(vec![]);
-    }
-    Ok(with_f32(table, |tab| {
-        let mut out = vec![0f32; rows.len() * d];
-        let rpt = rows_per_task(d, 32 * 1024);
-        out.par_chunks_mut(rpt * d).zip(rows.par_chunks(rpt)).for_each(|(o, r)| {
-            for (o, &row) in o.chunks_exact_mut(d).zip(r) {
-                o.copy_from_slice(&tab[row as usize * d..(row as usize + 1) * d]);
-            }
-        });
-        out
-    })?)
 }
 
 #[cfg(test)]

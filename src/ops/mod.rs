@@ -26,7 +26,7 @@ pub(crate) mod timing;
 
 pub use attention::causal_attention;
 pub use cross_entropy::{cross_entropy, token_logprobs};
-pub use embedding_bag::embedding_bag;
+pub use embedding_bag::{embedding_bag, embedding_bag_from_table};
 pub use product_keys::{product_key_topk, SlotHandle};
 pub use rmsnorm::rms_norm;
 pub use rope::{rope, RopeTables};

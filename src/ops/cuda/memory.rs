@@ -108,17 +108,19 @@ pub fn ebag_forward(dev: &CudaDevice, w: &CudaView<'_, f32>, g: &CudaView<'_, f3
     Ok(y)
 }
 
-/// Embedding bag backward on the device: (dw shaped as w, dG (U, D)). dG is reduced per row from
-/// the reverse index (`embedding_bag::reverse_index`, built on the host and uploaded): no atomics,
-/// a fixed summation order.
-pub fn ebag_backward(w: &Tensor, g: &Tensor, dy: &Tensor, inv: &[u32], m: usize) -> Result<(Tensor, Tensor)> {
+/// Embedding bag backward on the device: (dw shaped as w, dG (n_rows, D)). dw reads the rows of
+/// `src` through `read_idx` (the gathered rows through `inv`, or the value table through the
+/// slots); dG is reduced per row of the gradient receiver from the reverse index of `inv`
+/// (`embedding_bag::reverse_index`, built on the host and uploaded): no atomics, a fixed summation
+/// order.
+pub fn ebag_backward(w: &Tensor, src: &Tensor, dy: &Tensor, read_idx: &[u32], inv: &[u32], n_rows: usize, m: usize) -> Result<(Tensor, Tensor)> {
     let dev = device_of(w)?;
-    let (u, d) = g.dims2()?;
+    let (u, d) = (n_rows, src.dim(1)?);
     let n_entries = inv.len();
     let (start, order) = crate::ops::embedding_bag::reverse_index(inv, u);
-    let (inv_d, start_d, order_d) = (upload_u32(&dev, inv)?, upload_u32(&dev, &start)?, upload_u32(&dev, &order)?);
+    let (idx_d, start_d, order_d) = (upload_u32(&dev, read_idx)?, upload_u32(&dev, &start)?, upload_u32(&dev, &order)?);
     let w = super::contiguous_f32(w)?;
-    let g = super::contiguous_f32(g)?;
+    let g = super::contiguous_f32(src)?;
     let dy = super::contiguous_f32(dy)?;
     let dw = zeros_f32(&dev, n_entries)?;
     let dg = zeros_f32(&dev, u * d)?;
@@ -132,7 +134,7 @@ pub fn ebag_backward(w: &Tensor, g: &Tensor, dy: &Tensor, inv: &[u32], m: usize)
         let mut b = f.builder();
         b.arg(&dv);
         b.arg(&gv);
-        b.arg(&inv_d);
+        b.arg(&idx_d);
         b.arg(&dw);
         b.arg(&ne);
         b.arg(&mi);
