@@ -122,4 +122,5 @@ fn inspect_and_bench_memory_report_json() {
     assert_eq!(lines[1]["slots"], 256);
     assert!(lines[0]["ratio_to_first"].as_f64().unwrap() == 1.0);
     assert!(lines.iter().all(|l| l["value_read_gb_per_s"].as_f64().is_some_and(|g| g > 0.0)), "{out}");
+    assert!(lines.iter().all(|l| l["layer_fwd_gb_per_s"].as_f64().is_some_and(|g| g > 0.0) && l["value_read_ms"].as_f64().is_some()), "{out}");
 }
