@@ -9,9 +9,9 @@
 //!
 //! The value table `memory.values` (n_keys² × v_dim) is one pool shared by all memory layers. It is
 //! a `Var` in the `ParamStore` (so checkpoints hold it) but the model only ever sees it detached:
-//! each forward gathers the rows it touched into a small contiguous (U, v_dim) tensor, wraps that
-//! in a fresh `Var`, the leaf that receives the gradient, and records a [`MemoryTrace`] in the
-//! `ForwardCtx`. The training loop turns the traces' gradients into row updates of the table
+//! each forward reads the rows it selected in place (`ops::embedding_bag_from_table`), gives
+//! their gradient to a fresh zero (U, v_dim) `Var` that stands for the U distinct rows, and
+//! records a [`MemoryTrace`] in the `ForwardCtx`. The training loop turns the traces' gradients into row updates of the table
 //! (`train::sparse_values`); nothing of the table's size is allocated per step.
 //!
 //! Checkpoint names (DESIGN.md §1): `model.layers.N.memory.query.weight|bias`,

@@ -13,6 +13,10 @@
 //! Correctness reference: a dense one-hot formulation with candle primitives (tests below), plus
 //! finite differences for w and G. On CUDA the same forward and backward run as kernels
 //! (`kernels/memory.cu`, the reverse index built here and uploaded).
+//!
+//! The memory layer uses the in-place form, [`embedding_bag_from_table`]: the forward and dw read
+//! table[slots[e]] directly, and G is a zero tensor that only receives dG (its values, which would
+//! equal the gathered rows, are never read), so no (U, D) copy of the rows is made.
 
 use super::kernels::{self, contiguous_grad, expect_f32, rows_per_task, storage_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
