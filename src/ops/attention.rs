@@ -292,12 +292,23 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     if s < t {
         candle_core::bail!("causal_attention: {s} keys for {t} queries (need S >= T)");
     }
-    // On a GPU: the differentiable composition of candle primitives (no kernel of our own yet).
+    // On a GPU: cuBLAS matmuls around the fused softmax op (no attention kernel of our own yet).
     if !q.device().is_cpu() {
-        return super::reference::causal_attention(q, k, v, scale);
+        return causal_attention_composed(q, k, v, scale);
     }
     let op = Attention { scale: scale as f32, dims: Dims { b, t, s, hq, hkv, dh }, lse: Mutex::new(Vec::new()) };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// Causal attention as two batched matmuls around the fused row softmax (`ops::softmax_rows`,
+/// a kernel with its own backward on CUDA): the GPU path. q is scaled before QKᵀ (B·T·Hq·Dh
+/// multiplies instead of B·Hq·T·S), so the (B, Hq, T, S) scores make four passes through memory
+/// in the forward (matmul, + mask, softmax, matmul) instead of the reference's dozen.
+pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (qh, kh, vh, mask) = super::reference::attention_heads(q, k, v)?;
+    let scores = (qh * scale)?.matmul(&kh.t()?)?; // B Hq T S
+    let p = super::softmax_rows(&scores.broadcast_add(&mask)?)?;
+    p.matmul(&vh)?.transpose(1, 2)?.contiguous()
 }
 
 #[cfg(test)]
@@ -343,6 +354,14 @@ mod tests {
     }
 
     fn compare(b: usize, t: usize, s: usize, hq: usize, hkv: usize, dh: usize, seed: u64) {
+        compare_op(causal_attention, b, t, s, hq, hkv, dh, seed);
+    }
+
+    type AttentionFn = fn(&Tensor, &Tensor, &Tensor, f64) -> Result<Tensor>;
+
+    /// `op` against the reference composition, forward and the three gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn compare_op(op: AttentionFn, b: usize, t: usize, s: usize, hq: usize, hkv: usize, dh: usize, seed: u64) {
         let [q, k, v] = qkv(b, t, s, hq, hkv, dh, seed);
         let scale = 1.0 / (dh as f64).sqrt();
         let gy = randn((b, t, hq, dh), seed + 3).unwrap();
@@ -353,7 +372,7 @@ mod tests {
             let grads: Vec<Tensor> = vars.iter().map(|x| g.get(x.as_tensor()).unwrap().clone()).collect();
             (y, grads)
         };
-        let (y, g) = run(&|q, k, v| causal_attention(q, k, v, scale));
+        let (y, g) = run(&|q, k, v| op(q, k, v, scale));
         let (ry, rg) = run(&|q, k, v| reference::causal_attention(q, k, v, scale));
         let what = format!("b{b} t{t} s{s} hq{hq} hkv{hkv} dh{dh}");
         assert_close(&y, &ry, 1e-4, &format!("attention forward {what}"));
@@ -372,6 +391,14 @@ mod tests {
         compare(1, 40, 75, 4, 2, 8, 74);
         // Single-token decoding step.
         compare(2, 1, 12, 4, 1, 8, 75);
+    }
+
+    #[test]
+    fn composed_attention_matches_reference() {
+        // The GPU path's composition (pre-scaled q, fused softmax op), run here on the CPU.
+        compare_op(causal_attention_composed, 2, 70, 70, 2, 2, 16, 72);
+        compare_op(causal_attention_composed, 1, 40, 75, 4, 2, 8, 74);
+        compare_op(causal_attention_composed, 2, 1, 12, 4, 1, 8, 75);
     }
 
     #[test]

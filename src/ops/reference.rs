@@ -34,6 +34,16 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 /// Causal attention. q: (B, T, Hq, Dh), k/v: (B, S, Hkv, Dh) with S ≥ T; query i sits at
 /// position S - T + i. Returns (B, T, Hq, Dh).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (qh, kh, vh, mask) = attention_heads(q, k, v)?;
+    let scores = (qh.matmul(&kh.t()?)? * scale)?; // B Hq T S
+    let p = softmax(&scores.broadcast_add(&mask)?)?;
+    p.matmul(&vh)?.transpose(1, 2)?.contiguous()
+}
+
+/// Attention's operands by head, (B, Hq, T, Dh) for q and (B, Hq, S, Dh) for k and v (each kv
+/// head repeated for its query group), contiguous; and the causal mask (T, S): 0 where query i
+/// may see key j (j ≤ S - T + i), -inf elsewhere.
+pub(crate) fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let (b, t, hq, dh) = q.dims4()?;
     let (_, s, hkv, _) = k.dims4()?;
     let rep = hq / hkv;
@@ -46,14 +56,12 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     let qh = q.transpose(1, 2)?.contiguous()?; // B Hq T Dh
     let kh = expand(k)?.contiguous()?;
     let vh = expand(v)?.contiguous()?;
-    let scores = (qh.matmul(&kh.t()?)? * scale)?; // B Hq T S
     let offset = s - t;
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| (0..s).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     let mask = Tensor::from_vec(mask, (t, s), q.device())?;
-    let p = softmax(&scores.broadcast_add(&mask)?)?;
-    p.matmul(&vh)?.transpose(1, 2)?.contiguous()
+    Ok((qh, kh, vh, mask))
 }
 
 /// silu(gate) * up
