@@ -25,7 +25,8 @@ echo "== bench memory (1M slots, GPU-sized)"
 "$work/memtune" bench memory --device cuda --n-keys 256,1024 --tokens 8192 --d-model 1024 --heads 4 \
   --knn 32 --k-dim 256 --v-dim 1024 2>&1 | tee "$out/bench-memory.jsonl"
 
-shape=(--d 1024 --layers 8 --heads 16 --d-ff 2752 --seq 1024 --batch 8 --memory-layers 4 --n-keys 1024 --k-dim 256 --v-dim 1024)
+dense=(--d 1024 --layers 8 --heads 16 --d-ff 2752 --seq 1024 --batch 8)
+memory=(--memory-layers 4 --n-keys 1024 --k-dim 256 --v-dim 1024)
 for r in $(seq 1 "$rounds"); do
   for p in f32 bf16; do
     echo "== round $r memtune $p"
@@ -33,11 +34,11 @@ for r in $(seq 1 "$rounds"); do
       --warmup 2 --steps 10 2>/dev/null | tail -1 | tee -a "$out/step-memtune-$p.jsonl"
   done
   echo "== round $r pytorch eager"
-  python3 "$here/pytorch_step.py" --mode pretrain --steps 10 --device cuda "${shape[@]}" 2>/dev/null | tail -1 | tee -a "$out/step-pytorch.jsonl"
+  python3 "$here/pytorch_step.py" --mode pretrain --steps 10 --device cuda "${dense[@]}" "${memory[@]}" 2>/dev/null | tail -1 | tee -a "$out/step-pytorch.jsonl"
   echo "== round $r dense only (no memory layer): memtune f32, pytorch"
   "$work/memtune" bench step --config configs/bench-gpu.toml --device cuda --set 'model.memory.layers=[]' \
     --warmup 2 --steps 10 2>/dev/null | tail -1 | tee -a "$out/step-memtune-dense.jsonl"
-  python3 "$here/pytorch_step.py" --mode pretrain --steps 10 --device cuda "${shape[@]:0:12}" 2>/dev/null | tail -1 | tee -a "$out/step-pytorch-dense.jsonl"
+  python3 "$here/pytorch_step.py" --mode pretrain --steps 10 --device cuda "${dense[@]}" 2>/dev/null | tail -1 | tee -a "$out/step-pytorch-dense.jsonl"
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys, pathlib

@@ -15,13 +15,15 @@
 
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use memtune::config::{ExperimentConfig, Precision};
 use memtune::data::batches::SyntheticStream;
 use memtune::data::synthetic::World;
-use memtune::data::tokenizer::train_bpe;
-use memtune::model::memory::{AccessCounts, MemoryLayer};
-use memtune::model::{FeedForward, ForwardCtx, Linear, Llama, MemoryConfig, ParamBuilder, ParamStore};
+use memtune::data::tokenizer::{train_bpe, Tokenizer};
+use memtune::model::memory::AccessCounts;
+use memtune::model::{FeedForward, ForwardCtx, Llama, MemoryConfig, ParamBuilder, ParamStore};
 use memtune::ops::gradcheck::{assert_close, randn};
 use memtune::ops::{self, RopeTables, IGNORE_INDEX};
 use memtune::train::optim::{default_groups, AdamW, AdamWParams, Optimizer};
@@ -29,7 +31,7 @@ use memtune::train::pretrain::make_optimizer;
 use memtune::train::sparse_values::{LazyAdamW, RowGrads, SparseSgd, ValueBatch, ValueUpdate};
 use memtune::train::trainer::{dense_names, Trainer};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The GPU, or None (after printing why the test is skipped).
 fn gpu() -> Option<Device> {
@@ -164,31 +166,14 @@ fn small_memory() -> MemoryConfig {
     MemoryConfig { layers: vec![0], n_keys: 32, heads: 2, knn: 8, k_dim: 32, v_dim: 24, qk_norm: true, ..Default::default() }
 }
 
-/// x, W_q, b_q, keys, W1, b1, W2, b2, value table.
-fn layer_inputs(m: &MemoryConfig, d: usize, seed: u64) -> Vec<Tensor> {
-    let r = |shape: &[usize], s: u64, scale: f64| (randn(shape.to_vec(), seed * 100 + s).unwrap() * scale).unwrap();
-    vec![
-        r(&[64, d], 0, 1.0),
-        r(&[m.heads * m.k_dim, d], 1, 0.5),
-        r(&[m.heads * m.k_dim], 2, 0.1),
-        r(&[m.heads, 2, m.n_keys, m.k_dim / 2], 3, 0.5),
-        r(&[m.v_dim, d], 4, 0.3),
-        r(&[m.v_dim], 5, 0.1),
-        r(&[d, m.v_dim], 6, 0.3),
-        r(&[d], 7, 0.1),
-        r(&[m.n_slots(), m.v_dim], 8, 0.5),
-    ]
-}
-
 #[test]
 fn memory_layer_slots_output_and_value_gradients_match_cpu() {
     let Some(g) = gpu() else { return };
     let m = small_memory();
-    let a = layer_inputs(&m, 40, 1);
+    let a = common::memory_layer_inputs(&m, 64, 40, 1);
     let run = |dev: &Device| {
         let a: Vec<Tensor> = a.iter().map(|t| t.to_device(dev).unwrap()).collect();
-        let lin = |w: &Tensor, b: &Tensor| Linear::from_weights(w.clone(), Some(b.clone()));
-        let layer = MemoryLayer::from_parts(0, m.clone(), lin(&a[1], &a[2]), a[3].clone(), lin(&a[4], &a[5]), lin(&a[6], &a[7]), a[8].clone(), 1e-5).unwrap();
+        let layer = common::memory_layer(&m, &a);
         let mut ctx = ForwardCtx::default();
         let y = layer.forward(&a[0], &mut ctx).unwrap();
         let r = randn(y.shape().clone(), 5).unwrap().to_device(dev).unwrap();
@@ -290,29 +275,44 @@ fn dense_adamw_matches_cpu() {
     assert_close(&bg, &bc, 1e-5, "AdamW b");
 }
 
-/// Losses of 20 steps of configs/tiny-memory-test.toml on `dev`, matmuls in `precision`, from the
-/// same weights and batches on every device.
+/// configs/tiny-memory-test.toml at 20 steps, its world and tokenizer: made once per test binary.
+fn tiny_memory() -> &'static (ExperimentConfig, World, Tokenizer) {
+    static SETUP: OnceLock<(ExperimentConfig, World, Tokenizer)> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let cfg = ExperimentConfig::from_toml_str(include_str!("../configs/tiny-memory-test.toml"), "tiny-memory-test.toml", &["train.steps=20".to_string()]).unwrap();
+        let world = World::generate(&cfg.data.world);
+        let tok = train_bpe(world.corpus_sample(400, 0), cfg.model.vocab_size).unwrap();
+        (cfg, world, tok)
+    })
+}
+
+/// Losses of the 20 steps on `dev`, matmuls in `precision`, from the same weights and batches on
+/// every device.
 fn tiny_memory_losses(dev: &Device, precision: Precision) -> Vec<f32> {
-    let cfg = ExperimentConfig::from_toml_str(include_str!("../configs/tiny-memory-test.toml"), "tiny-memory-test.toml", &["train.steps=20".to_string()]).unwrap();
-    let world = World::generate(&cfg.data.world);
-    let tok = train_bpe(world.corpus_sample(400, 0), cfg.model.vocab_size).unwrap();
+    let (cfg, world, tok) = tiny_memory();
     let t = &cfg.train;
     let store = ParamStore::new();
     let model = Llama::new(&cfg.model, &ParamBuilder::fresh(&store, 0, dev).with_precision(precision)).unwrap();
     let mut source = SyntheticStream::new(world.clone(), tok.clone(), t.seed, cfg.data.qa_fraction, t.batch_size, t.seq_len).unwrap();
     let names = dense_names(&store);
-    let opt = make_optimizer(&cfg, &store, &names).unwrap();
+    let opt = make_optimizer(cfg, &store, &names).unwrap();
     let mut trainer = Trainer::new(&model, &store, names, opt, t.clone());
     (0..t.steps).map(|s| trainer.step(&mut source, s).unwrap().loss).collect()
+}
+
+/// The CPU f32 run both training tests compare with, run once.
+fn cpu_f32_losses() -> &'static [f32] {
+    static LOSSES: OnceLock<Vec<f32>> = OnceLock::new();
+    LOSSES.get_or_init(|| tiny_memory_losses(&Device::Cpu, Precision::F32))
 }
 
 #[test]
 fn short_training_run_reproduces_cpu_losses() {
     let Some(g) = gpu() else { return };
-    let (lc, lg) = (tiny_memory_losses(&Device::Cpu, Precision::F32), tiny_memory_losses(&g, Precision::F32));
+    let (lc, lg) = (cpu_f32_losses(), tiny_memory_losses(&g, Precision::F32));
     println!("CPU losses {lc:?}\nGPU losses {lg:?}");
     assert!((lg[0] - lc[0]).abs() <= 2e-3 * lc[0], "step 1: GPU {} vs CPU {}", lg[0], lc[0]);
-    for (s, (a, b)) in lg.iter().zip(&lc).enumerate() {
+    for (s, (a, b)) in lg.iter().zip(lc).enumerate() {
         assert!((a - b).abs() <= 0.02 * b, "step {}: GPU {a} vs CPU {b}", s + 1);
     }
     assert!(lg[19] < lg[0], "the GPU run does not learn: {lg:?}");
@@ -323,10 +323,10 @@ fn short_training_run_reproduces_cpu_losses() {
 #[test]
 fn bf16_training_run_tracks_the_f32_cpu_losses() {
     let Some(g) = gpu() else { return };
-    let (lc, lg) = (tiny_memory_losses(&Device::Cpu, Precision::F32), tiny_memory_losses(&g, Precision::Bf16));
+    let (lc, lg) = (cpu_f32_losses(), tiny_memory_losses(&g, Precision::Bf16));
     println!("CPU f32 losses {lc:?}\nGPU bf16 losses {lg:?}");
     assert_ne!(lc, lg);
-    for (s, (a, b)) in lg.iter().zip(&lc).enumerate() {
+    for (s, (a, b)) in lg.iter().zip(lc).enumerate() {
         assert!((a - b).abs() <= 0.03 * b, "step {}: GPU bf16 {a} vs CPU f32 {b}", s + 1);
     }
     assert!(lg[19] < lg[0], "the bf16 GPU run does not learn: {lg:?}");

@@ -4,12 +4,14 @@
 //! untouched value rows bit-identical and follow the schedule, the parallel placement's start,
 //! access accounting with padding, and a checkpoint round trip under the DESIGN.md tensor names.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use memtune::data::batches::{BatchSource, PackedStream};
 use memtune::io::checkpoint::{Checkpoint, CheckpointMeta};
 use memtune::model::memory::{value_table, MemoryLayer};
 use memtune::model::{
-    access_counts, FeedForward, ForwardCtx, Linear, Llama, LlamaConfig, MemoryConfig, MemoryPlacement, ParamBuilder, ParamStore,
+    access_counts, FeedForward, ForwardCtx, Llama, LlamaConfig, MemoryConfig, MemoryPlacement, ParamBuilder, ParamStore,
     VALUES_NAME,
 };
 use memtune::ops::gradcheck::{assert_grads, randn, GradCheckOpts};
@@ -23,29 +25,12 @@ fn small_memory(qk_norm: bool) -> MemoryConfig {
     MemoryConfig { layers: vec![0], n_keys: 16, heads: 2, knn: 4, k_dim: 8, v_dim: 6, qk_norm, ..Default::default() }
 }
 
-/// Layer inputs: x, W_q, b_q, keys, W1, b1, W2, b2, value table.
 fn layer_inputs(m: &MemoryConfig, seed: u64) -> Vec<Tensor> {
-    let r = |shape: &[usize], s: u64, scale: f64| (randn(shape.to_vec(), seed * 100 + s).unwrap() * scale).unwrap();
-    vec![
-        r(&[5, D], 0, 1.0),
-        r(&[m.heads * m.k_dim, D], 1, 0.5),
-        r(&[m.heads * m.k_dim], 2, 0.1),
-        r(&[m.heads, 2, m.n_keys, m.k_dim / 2], 3, 0.5),
-        r(&[m.v_dim, D], 4, 0.3),
-        r(&[m.v_dim], 5, 0.1),
-        r(&[D, m.v_dim], 6, 0.3),
-        r(&[D], 7, 0.1),
-        r(&[m.n_slots(), m.v_dim], 8, 0.5),
-    ]
-}
-
-fn layer(m: &MemoryConfig, a: &[Tensor]) -> MemoryLayer {
-    let lin = |w: &Tensor, b: &Tensor| Linear::from_weights(w.clone(), Some(b.clone()));
-    MemoryLayer::from_parts(0, m.clone(), lin(&a[1], &a[2]), a[3].clone(), lin(&a[4], &a[5]), lin(&a[6], &a[7]), a[8].clone(), 1e-5).unwrap()
+    common::memory_layer_inputs(m, 5, D, seed)
 }
 
 fn run(m: &MemoryConfig, a: &[Tensor], ctx: &mut ForwardCtx) -> Tensor {
-    layer(m, a).forward(&a[0], ctx).unwrap()
+    common::memory_layer(m, a).forward(&a[0], ctx).unwrap()
 }
 
 #[test]

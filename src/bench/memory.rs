@@ -9,6 +9,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -76,15 +77,20 @@ impl LayerBench {
         Ok(Self { layer, x, proj, values })
     }
 
-    /// The value read alone, once: (ms). Random weights over the slots this input selects.
-    pub fn value_read(&self) -> Result<f64> {
+    /// The value read's inputs: random weights over the slots this input selects.
+    pub fn value_read_inputs(&self) -> Result<(Tensor, Arc<Vec<u32>>)> {
         let mut ctx = ForwardCtx::default();
         self.layer.forward(&self.x, &mut ctx)?;
         let slots = ctx.memory.swap_remove(0).slots;
-        let w = Tensor::rand(0f32, 1.0, slots.len(), self.x.device())?;
+        let w = Tensor::rand(0f32, 1.0, slots.len(), self.x.device())?.reshape((self.x.dim(0)?, ()))?;
+        Ok((w, slots))
+    }
+
+    /// The value read alone, once, in place from the table: (ms).
+    pub fn value_read(&self, w: &Tensor, slots: &Arc<Vec<u32>>) -> Result<f64> {
         self.x.device().synchronize()?;
         let t0 = Instant::now();
-        let y = crate::ops::embedding_bag(&w.reshape((self.x.dim(0)?, ()))?, &self.values, slots)?;
+        let y = crate::ops::embedding_bag(w, &self.values, slots.clone())?;
         self.x.device().synchronize()?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         std::hint::black_box(y);
@@ -120,7 +126,8 @@ pub fn run(o: &MemoryBenchOptions, mut on_line: impl FnMut(&MemoryBenchLine)) ->
                 both.push(b);
             }
         }
-        let read: Vec<f64> = (0..o.warmup + o.reps).map(|_| bench.value_read()).collect::<Result<_>>()?;
+        let (w, slots) = bench.value_read_inputs()?;
+        let read: Vec<f64> = (0..o.warmup + o.reps).map(|_| bench.value_read(&w, &slots)).collect::<Result<_>>()?;
         let value_read_ms = median(read[o.warmup..].to_vec());
         let fwd_bwd_ms = median(both);
         let median_fwd_ms = median(fwd);

@@ -179,18 +179,18 @@ impl FeedForward for MemoryLayer {
         // The value rows are read in place from the table (no gathered copy). Inference needs
         // nothing else; training also needs the distinct rows, and a zero (rows, v_dim) leaf that
         // stands for them and receives their gradient.
-        let (y, leaf, rows, inverse) = if ctx.skip_memory_traces {
-            (ops::embedding_bag(&w, &self.values, slots.clone())?, None, vec![], Arc::new(vec![]))
+        let (y, trace) = if ctx.skip_memory_traces {
+            (ops::embedding_bag(&w, &self.values, slots.clone())?, None)
         } else {
             let (rows, inverse) = unique_inverse(&slots);
             let leaf = Var::zeros((rows.len(), c.v_dim), DType::F32, x.device())?;
             let inverse = Arc::new(inverse);
             let y = ops::embedding_bag_from_table(&w, leaf.as_tensor(), inverse.clone(), &self.values, slots.clone())?;
-            (y, Some(leaf), rows, inverse)
+            (y, Some((leaf, rows, inverse)))
         };
         let h = ops::swiglu(&self.swilu.forward(x)?, &y)?;
         let out = self.out.forward(&h)?;
-        if let Some(values) = leaf {
+        if let Some((values, rows, inverse)) = trace {
             ctx.memory.push(MemoryTrace {
                 layer: self.layer,
                 n_tokens: n,
