@@ -2,10 +2,12 @@
 """PyTorch eager anchor for a Hugging Face model folder (Llama family), to compare with memtune
 on the same shapes in one run (scripts/real-model-vs-pytorch.sh).
 
-  python3 scripts/pytorch_hf.py step     --model DIR [--batch 1] [--seq 256] [--steps 5]
+  python3 scripts/pytorch_hf.py step     --model DIR [--batch 1] [--seq 256] [--steps 5] [--lora-rank R]
   python3 scripts/pytorch_hf.py generate --model DIR [--prompt-tokens 128] [--new-tokens 64]
 
-`step`: AdamW training steps of the whole model (f32, random tokens), like `memtune bench step`.
+`step`: AdamW training steps of the whole model (f32, random tokens), like `memtune bench step`;
+with --lora-rank R, of PEFT LoRA adapters instead (alpha --lora-alpha, every q/k/v/o/gate/up/down
+projection, no dropout: memtune's `[finetune.lora]` defaults), like `bench step --method lora`.
 `generate`: greedy prefill + decode with the KV cache (random prompt), like `memtune bench
 generate`. Prints one JSON line with the same keys as memtune. Needs torch and transformers.
 """
@@ -25,6 +27,8 @@ p.add_argument("--warmup", type=int, default=1)
 p.add_argument("--prompt-tokens", type=int, default=128)
 p.add_argument("--new-tokens", type=int, default=64)
 p.add_argument("--runs", type=int, default=3)
+p.add_argument("--lora-rank", type=int, default=0)
+p.add_argument("--lora-alpha", type=float, default=32.0)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -33,15 +37,19 @@ cfg = AutoConfig.from_pretrained(a.model)
 if a.mode == "step":
     # Random weights of the same architecture: the step's cost does not depend on their values.
     model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32, attn_implementation="eager")
+    if a.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=0.0, target_modules=targets))
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq))
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
 
     for _ in range(a.warmup):
@@ -50,7 +58,8 @@ if a.mode == "step":
     for _ in range(a.steps):
         step()
     dt = (time.perf_counter() - t0) / a.steps
-    print(json.dumps({"impl": "pytorch-eager", "torch": torch.__version__, "threads": a.threads, "mode": "step",
+    print(json.dumps({"impl": "pytorch-eager", "torch": torch.__version__, "threads": a.threads, "mode": "lora-step" if a.lora_rank else "step",
+                      "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                       "params": sum(p.numel() for p in model.parameters()), "batch_size": a.batch, "seq_len": a.seq,
                       "step_ms": dt * 1e3, "tokens_per_s": a.batch * a.seq / dt}))
 else:

@@ -36,6 +36,11 @@ struct DeviceArg {
 }
 
 impl DeviceArg {
+    /// The device asked for (cpu when none is).
+    fn open(&self) -> Result<candle_core::Device> {
+        memtune::device::open(self.device.as_deref().unwrap_or("cpu"))
+    }
+
     /// `run.device=...` for `--set`, when given.
     fn set(&self) -> Option<String> {
         self.device.as_ref().map(|d| format!("run.device={}", toml::Value::String(d.clone())))
@@ -261,9 +266,14 @@ enum BenchCommand {
         report: bool,
     },
     /// Time training steps of a config; prints one JSON line (tokens_per_s, step_ms, peak_rss_mb).
+    /// With --method, the steps of that finetuning method (`[finetune.<method>]`) instead of
+    /// pretraining's.
     Step {
         #[command(flatten)]
         cfg: ConfigArgs,
+        /// sparse-memory | lora | full (overrides finetune.method; default: a pretraining step).
+        #[arg(long)]
+        method: Option<String>,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
         #[arg(long, default_value_t = 5)]
@@ -294,6 +304,20 @@ enum BenchCommand {
         #[command(flatten)]
         device: DeviceArg,
     },
+    /// GFLOP/s of f32 matrix products x (M, K) · wᵀ (w stored (N, K), as a weight), the way the
+    /// model takes them; one JSON line per shape (cpu, simd kernel family, ms, gflop_per_s).
+    Matmul {
+        /// Comma-separated MxKxN shapes (default: the forward and backward products of
+        /// configs/bench-reference.toml: 1,024 tokens, d 256, d_ff 688, vocab 4,096).
+        #[arg(long, value_delimiter = ',', default_value = "1024x256x256,1024x256x688,1024x688x256,1024x256x4096,1024x4096x256,688x1024x256,4096x1024x256")]
+        shapes: Vec<memtune::bench::matmul::Shape>,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
     /// Prefill and decode speed with the KV cache (greedy, random prompt tokens) of a model
     /// folder, or of a config's architecture with random weights; prints one JSON line.
     Generate {
@@ -316,11 +340,36 @@ enum BenchCommand {
 }
 
 fn main() {
+    single_threaded_candle_elementwise();
+    keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// candle runs its element-wise CPU ops on a pool of its own whose workers spin between ops,
+/// beside rayon's pool, which runs the GEMMs and memtune's ops: with both, the cores are
+/// oversubscribed and a third of a training step went to spinning (docs/design.md, "CPU
+/// threads"). memtune keeps candle's element-wise ops on the calling thread unless
+/// `CANDLE_NUM_THREADS` is set. Called before any other thread exists.
+fn single_threaded_candle_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// glibc serves large blocks (a step's gradients, logits, activations) with fresh mmaps and
+/// returns them on free, so every step asked the kernel for zeroed pages again: a quarter of a
+/// SmolLM2 training step went to page clearing (docs/design.md, "Memory reuse"). Serving every
+/// block from the heap and never trimming it lets a step reuse the last one's memory.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
 
@@ -400,7 +449,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { command: BenchCommand::Memory { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps, device } } => {
-            let device = memtune::device::open(device.device.as_deref().unwrap_or("cpu"))?;
+            let device = device.open()?;
             let o = bench::memory::MemoryBenchOptions { n_keys, tokens, d_model, heads, knn, k_dim, v_dim, warmup, reps, device };
             bench::memory::run(&o, |line| println!("{}", serde_json::to_string(line).unwrap()))?;
             Ok(())
@@ -440,8 +489,17 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Step { cfg, warmup, steps } } => {
-            let report = bench::step::run(&cfg.load()?, warmup, steps)?;
+        Command::Bench { command: BenchCommand::Matmul { shapes, warmup, reps, device } } => {
+            for r in bench::matmul::run(&shapes, warmup, reps, &device.open()?)? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Step { mut cfg, method, warmup, steps } } => {
+            if let Some(m) = &method {
+                cfg.set.insert(0, format!("finetune.method=\"{m}\""));
+            }
+            let report = bench::step::run(&cfg.load()?, warmup, steps, method.is_some())?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

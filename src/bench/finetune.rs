@@ -161,8 +161,8 @@ pub fn save_finetuned(base: &Base, cfg: &ExperimentConfig, tuned: &Finetuned, ou
         if !merge {
             return Ok(());
         }
-        // Merged on a copy: `tuned` stays the adapted model.
-        let store = tuned.store.deep_clone()?;
+        // Merged on a copy-on-write view: `tuned` stays the adapted model.
+        let store = tuned.store.copy_on_write(|_| false)?;
         merge_into_base(&store, &lc)?;
         store.tensors()
     } else {

@@ -5,6 +5,8 @@ pub mod demo;
 pub mod finetune;
 pub mod forgetting;
 pub mod generate;
+pub mod machine;
+pub mod matmul;
 pub mod memory;
 pub mod plot;
 pub mod step;

@@ -49,10 +49,11 @@ impl Linear {
 }
 
 /// x Wᵀ with the product taken in `dtype` and returned in x's dtype. For `dtype` other than x's,
-/// both operands are cast first (W before transposing, so the cast is contiguous).
+/// both operands are cast first (W before transposing, so the cast is contiguous). A frozen W
+/// gets no gradient computed (`ops::frozen_weight_matmul`).
 pub fn matmul_t(x: &Tensor, w: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
     if dtype == x.dtype() {
-        return x.matmul(&w.t()?);
+        return crate::ops::frozen_weight_matmul(x, w);
     }
     x.to_dtype(dtype)?.matmul(&w.to_dtype(dtype)?.t()?)?.to_dtype(x.dtype())
 }

@@ -7,7 +7,7 @@
 use super::params::{Init, ParamBuilder, ParamStore};
 use crate::util::rng_for;
 use anyhow::{bail, Result};
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -152,9 +152,34 @@ pub fn merge_into_base(store: &ParamStore, cfg: &LoraConfig) -> Result<()> {
             _ => bail!("cannot merge {a_name}: its pair or base weight is missing"),
         };
         let delta = (b.as_tensor().matmul(a.as_tensor())? * cfg.scale())?;
-        w.set(&(w.as_tensor() + delta)?)?;
+        // A new tensor, not a write into w: other stores may share w's storage (`copy_on_write`).
+        store.insert(&base, Var::from_tensor(&(w.as_tensor() + delta)?)?);
         store.remove(&a_name);
         store.remove(&b_name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn merging_into_a_copy_on_write_view_leaves_the_shared_base_weight_as_it_was() {
+        let dev = Device::Cpu;
+        let base = ParamStore::new();
+        let w = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev).unwrap();
+        base.insert("l.weight", Var::from_tensor(&w).unwrap());
+        let view = base.copy_on_write(|_| false).unwrap();
+        view.insert("l.lora_A.weight", Var::from_tensor(&Tensor::new(&[[1f32, 1.0]], &dev).unwrap()).unwrap());
+        view.insert("l.lora_B.weight", Var::from_tensor(&Tensor::new(&[[1f32], [0.0]], &dev).unwrap()).unwrap());
+        let cfg = LoraConfig { rank: 1, alpha: 2.0, ..Default::default() };
+        merge_into_base(&view, &cfg).unwrap();
+        let merged: Vec<Vec<f32>> = view.get("l.weight").unwrap().as_tensor().to_vec2().unwrap();
+        assert_eq!(merged, vec![vec![3.0, 4.0], vec![3.0, 4.0]], "W + (alpha/r) B A");
+        let kept: Vec<Vec<f32>> = base.get("l.weight").unwrap().as_tensor().to_vec2().unwrap();
+        assert_eq!(kept, vec![vec![1.0, 2.0], vec![3.0, 4.0]], "the merge wrote into the shared base weight");
+        assert_eq!(view.names(), vec!["l.weight"]);
+    }
 }

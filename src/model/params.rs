@@ -71,11 +71,20 @@ impl ParamStore {
         self.vars.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_detached_tensor())).collect()
     }
 
-    /// Deep copy (new storage), e.g. to give each SEAL candidate fresh weights.
+    /// Deep copy (new storage) of every parameter.
     pub fn deep_clone(&self) -> Result<Self> {
+        self.copy_on_write(|_| true)
+    }
+
+    /// A store of its own over the same parameters: the names `copy` picks get a deep copy (what
+    /// a finetuning method will change in place), every other one shares this store's storage.
+    /// Inserting, removing or replacing names in either store leaves the other as it is, so a
+    /// candidate model costs only what it trains (docs/design.md, "Frozen weights cost nothing").
+    pub fn copy_on_write(&self, copy: impl Fn(&str) -> bool) -> Result<Self> {
         let out = ParamStore::new();
         for (k, v) in self.all() {
-            out.insert(&k, Var::from_tensor(&v.as_tensor().copy()?)?);
+            let v = if copy(&k) { Var::from_tensor(&v.as_tensor().copy()?)? } else { v };
+            out.insert(&k, v);
         }
         Ok(out)
     }
@@ -311,4 +320,39 @@ pub fn load_safetensors(paths: &[impl AsRef<Path>], device: &Device) -> Result<H
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> ParamStore {
+        let s = ParamStore::new();
+        s.insert("a", Var::from_tensor(&Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap()).unwrap());
+        s.insert("b", Var::from_tensor(&Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap()).unwrap());
+        s
+    }
+
+    fn values(s: &ParamStore, n: &str) -> Vec<f32> {
+        s.get(n).unwrap().as_tensor().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn copy_on_write_copies_only_what_it_is_told_and_the_stores_stay_apart() {
+        let base = store();
+        let view = base.copy_on_write(|n| n == "b").unwrap();
+        // "a" is shared: a write through the view's Var is visible in the base (so methods must
+        // copy what they change in place); "b" is a copy: a write stays in the view.
+        view.get("b").unwrap().set(&Tensor::new(&[9f32, 9.0], &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(values(&base, "b"), vec![3.0, 4.0]);
+        assert_eq!(values(&view, "b"), vec![9.0, 9.0]);
+        view.get("a").unwrap().set(&Tensor::new(&[5f32, 6.0], &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(values(&base, "a"), vec![5.0, 6.0], "`a` was copied although copy() did not pick it");
+        // Names added, replaced or removed in the view leave the base's map as it was.
+        view.insert("lora", Var::from_tensor(&Tensor::new(&[0f32], &Device::Cpu).unwrap()).unwrap());
+        view.insert("a", Var::from_tensor(&Tensor::new(&[7f32, 7.0], &Device::Cpu).unwrap()).unwrap());
+        view.remove("b");
+        assert_eq!(base.names(), vec!["a", "b"]);
+        assert_eq!(values(&base, "a"), vec![5.0, 6.0]);
+    }
 }

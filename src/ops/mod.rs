@@ -13,6 +13,7 @@ pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod embedding_bag;
+pub mod frozen_matmul;
 pub mod gradcheck;
 pub mod kernels;
 pub mod product_keys;
@@ -27,6 +28,7 @@ pub(crate) mod timing;
 pub use attention::causal_attention;
 pub use cross_entropy::{cross_entropy, token_logprobs};
 pub use embedding_bag::{embedding_bag, embedding_bag_from_table};
+pub use frozen_matmul::frozen_weight_matmul;
 pub use product_keys::{product_key_topk, SlotHandle};
 pub use rmsnorm::rms_norm;
 pub use rope::{rope, RopeTables};

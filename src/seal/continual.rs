@@ -57,7 +57,7 @@ pub fn continual(st: &Student, s: &InnerSettings, qa: &QaFormat, metric: AnswerM
     let n = passages.len();
     let before = passages.iter().map(|p| Ok(closed_book(st.model, st.tok, qa, p)?.mean(metric))).collect::<Result<Vec<f64>>>()?;
     let mut acc = vec![vec![0.0; n]; n];
-    let mut store = st.store.deep_clone()?;
+    let mut store = st.store.copy_on_write(|_| false)?;
     let mut model = model_over(st.cfg, &store, st.model.device())?;
     for j in 0..n {
         let cur = Student { cfg: st.cfg, store: &store, model: &model, tok: st.tok, background: st.background };

@@ -1,5 +1,5 @@
-//! The inner loop: a fresh deep copy of the current weights per candidate (`train::methods::
-//! prepare` copies them, so nothing leaks between candidates or repeats), finetuned on a
+//! The inner loop: fresh weights per candidate (`train::methods::prepare` copies what the method
+//! changes and shares the rest, so nothing leaks between candidates or repeats), finetuned on a
 //! self-edit's training sequences with any method (`lora` | `full` | `sparse-memory`, settings
 //! from `[finetune.<method>]`), then asked the passage's questions closed-book.
 //! Reward = accuracy after − accuracy before (`seal.metric`: EM by default; all metrics reported), averaged over r repeats whose seeds
@@ -77,7 +77,7 @@ pub fn inner_batches(tok: &Tokenizer, seqs: &[String], batch_size: usize, epochs
     Ok(out)
 }
 
-/// Finetune a fresh copy of the student's weights on `seqs`.
+/// Finetune fresh weights over the student's (copy-on-write) on `seqs`.
 pub fn update(st: &Student, s: &InnerSettings, seqs: &[String], seed: u64) -> Result<Finetuned> {
     let mut ft = s.ft.clone();
     ft.seed = seed;

@@ -268,7 +268,8 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let student = Student { cfg: &base.model_cfg, store: &base.store, model: &base.model, tok: &base.tokenizer, background: base.background.as_ref() };
     let qa = QaFormat::from_config(seal, ChatFormat::resolve(seal.chat, &base.dir)?);
     let mut generator = if seal.teacher.is_empty() {
-        let store = base.store.deep_clone()?;
+        // Shares the student's storage: ReST-EM's SFT trains copies (`methods::prepare`).
+        let store = base.store.copy_on_write(|_| false)?;
         let model = model_over(&base.model_cfg, &store, &device)?;
         Generator { cfg: base.model_cfg.clone(), store, model, tok: base.tokenizer.clone(), chat: qa.chat.clone() }
     } else {

@@ -1,5 +1,5 @@
 //! Finetuning methods: small types given to the one training loop (`trainer::Trainer`), never
-//! branches inside it (DESIGN.md §5). Each prepares, over a deep copy of the base weights, a model
+//! branches inside it (DESIGN.md §5). Each prepares, over a copy-on-write view of the base weights (only what it changes is copied), a model
 //! built with the right parameters trainable, the dense names its optimiser owns, that optimiser,
 //! and how the memory values are updated:
 //!
@@ -20,7 +20,7 @@ use crate::config::{FinetuneConfig, MethodKind, Ranking, ScheduleKind, TrainConf
 use crate::data::batches::{Batch, BatchList};
 use crate::model::config::ValueOptimizerKind;
 use crate::model::lora::adapter_names;
-use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore};
+use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore, VALUES_NAME};
 use anyhow::{bail, Result};
 use candle_core::Device;
 
@@ -28,7 +28,8 @@ use candle_core::Device;
 /// updates.
 pub struct Prepared {
     pub method: MethodKind,
-    /// A deep copy of the base weights (plus adapters for LoRA); the model shares its storage.
+    /// The method's weights: a copy of what it trains in place, the base's storage for the rest
+    /// (plus adapters for LoRA); the model shares its storage.
     pub store: ParamStore,
     pub model: Llama,
     /// Dense parameters the optimiser owns (never `memory.values`).
@@ -44,7 +45,12 @@ pub struct Prepared {
 /// Build `ft.method` over a copy of `base` (the weights of a model of config `cfg`). Sparse memory
 /// finetuning needs a memory layer, and with `ranking = "tfidf"` the background index.
 pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, background: Option<&BackgroundIndex>, device: &Device) -> Result<Prepared> {
-    let store = base.deep_clone()?;
+    // The method's own copy of what it changes in place; the rest shares the base's storage.
+    let store = match ft.method {
+        MethodKind::SparseMemory => base.copy_on_write(|n| n == VALUES_NAME)?,
+        MethodKind::Lora => base.copy_on_write(|_| false)?,
+        MethodKind::Full => base.deep_clone()?,
+    };
     let hp = AdamWParams { beta1: ft.beta1, beta2: ft.beta2, eps: ft.eps };
     let memory = cfg.memory.as_ref().filter(|m| !m.layers.is_empty());
     let train = |lr: f64, grad_clip: f64| TrainConfig { lr, grad_clip, schedule: ScheduleKind::Constant, warmup_steps: 0, grad_accum: 1, ..Default::default() };
