@@ -1,9 +1,10 @@
 //! `memtune bench matmul`: GFLOP/s of the f32 matrix products a training step is made of, taken
-//! the way the model takes them (`x.matmul(&w.t())` on 2-D activations, candle's CPU GEMM), to
+//! the way the model takes them (`model::linear::matmul_t` on 2-D activations: candle's CPU GEMM,
+//! dot products for a few rows), to
 //! hold against the machine's peak and against PyTorch's (`scripts/matmul-vs-pytorch.py`).
 
 use anyhow::{ensure, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -47,12 +48,12 @@ pub fn run(shapes: &[Shape], warmup: usize, reps: usize, device: &Device) -> Res
             let x = Tensor::randn(0f32, 1.0, (s.m, s.k), device)?;
             let w = Tensor::randn(0f32, 0.05, (s.n, s.k), device)?;
             for _ in 0..warmup {
-                x.matmul(&w.t()?)?.device().synchronize()?;
+                crate::model::linear::matmul_t(&x, &w, DType::F32)?.device().synchronize()?;
             }
             let mut times: Vec<f64> = (0..reps)
                 .map(|_| {
                     let t0 = Instant::now();
-                    let y = x.matmul(&w.t()?)?;
+                    let y = crate::model::linear::matmul_t(&x, &w, DType::F32)?;
                     y.device().synchronize()?;
                     Ok(t0.elapsed().as_secs_f64())
                 })

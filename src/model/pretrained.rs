@@ -93,7 +93,9 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
     let tensors = super::params::load_safetensors(&weight_files(dir)?, device)?;
     let names: Vec<String> = tensors.keys().cloned().collect();
     let store = ParamStore::new();
-    let model = Llama::new(&cfg, &ParamBuilder::from_tensors(&store, tensors, device))
+    // Frozen: a loaded model is for inference (frozen products skip the weight gradient and take
+    // the few-row path while decoding); training methods build their own model over `store`.
+    let model = Llama::new(&cfg, &ParamBuilder::from_tensors(&store, tensors, device).with_trainable(|_| false))
         .map_err(|e| MemtuneError::BadCheckpoint { path: dir.to_path_buf(), msg: format!("{e:#}") })?;
     let unused = unused_weights(&names, &store);
     if !unused.is_empty() {

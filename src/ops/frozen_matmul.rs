@@ -5,10 +5,21 @@
 //! where every dense weight is frozen, that is a third of each linear layer's backward and, at the
 //! LM head, the largest product of the step (docs/design.md, "Frozen weights cost nothing").
 //! Forward and dx are candle's own GEMM calls on the same layouts, so the results are bit-identical
-//! to `x.matmul(&w.t())` (tested below).
+//! to `x.matmul(&w.t())` (tested below), except for a few rows (decoding: one row per sequence),
+//! where the forward is a dot product of each x row with each weight row instead: the GEMM packs
+//! the whole weight for every call, which at a handful of rows cost more than the product
+//! (docs/design.md, "Decoding products").
 
+use super::access::slice_f32;
+use super::kernels::dot;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// At most this many rows take the dot-product path.
+pub const SMALL_ROWS: usize = 8;
+/// Weight rows per rayon task on that path.
+const ROWS_PER_TASK: usize = 64;
 
 struct FrozenWeightMatmul {
     /// (out, in), any layout.
@@ -30,6 +41,10 @@ impl CustomOp1 for FrozenWeightMatmul {
         let Storage::Cpu(w) = &*ws else {
             candle_core::bail!("frozen-weight matmul: the weight is not on the CPU");
         };
+        if n <= SMALL_ROWS && xl.is_contiguous() && wl.is_contiguous() {
+            let y = small_rows_matmul(slice_f32(x, xl)?, slice_f32(w, wl)?, n, k, out);
+            return Ok((CpuStorage::F32(y), Shape::from((n, out))));
+        }
         let y = x.matmul(w, (1, n, out, k), xl, &wl.transpose(0, 1)?)?;
         Ok((y, Shape::from((n, out))))
     }
@@ -37,6 +52,28 @@ impl CustomOp1 for FrozenWeightMatmul {
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(g.matmul(&self.w)?))
     }
+}
+
+/// y (n, out) = x (n, k) · wᵀ, w (out, k) row-major: each weight row is read once, while it is in
+/// cache, for all n rows of x.
+fn small_rows_matmul(x: &[f32], w: &[f32], n: usize, k: usize, out: usize) -> Vec<f32> {
+    let mut yt = vec![0f32; out * n]; // (out, n): each task writes whole rows of it
+    yt.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(c, ys)| {
+        for (r, y) in ys.chunks_mut(n).enumerate() {
+            let o = c * ROWS_PER_TASK + r;
+            let wo = &w[o * k..(o + 1) * k];
+            for (i, y) in y.iter_mut().enumerate() {
+                *y = dot(&x[i * k..(i + 1) * k], wo);
+            }
+        }
+    });
+    let mut y = vec![0f32; n * out];
+    for o in 0..out {
+        for i in 0..n {
+            y[i * out + o] = yt[o * n + i];
+        }
+    }
+    y
 }
 
 /// Whether `w` takes part in no gradient: neither a variable nor computed from one.
@@ -79,6 +116,16 @@ mod tests {
         assert_eq!(y, ry, "forward differs from candle's matmul");
         assert_eq!(dx, rdx, "dx differs from candle's matmul backward");
         assert!(grads.get(&w).is_none(), "the frozen weight got a gradient");
+    }
+
+    #[test]
+    fn few_rows_take_dot_products_that_agree_with_the_gemm() {
+        for n in [1, 3, SMALL_ROWS] {
+            let x = randn((n, 100), 80 + n as u64).unwrap();
+            let w = randn((130, 100), 90).unwrap();
+            let y = frozen_weight_matmul(&x, &w).unwrap();
+            crate::ops::gradcheck::assert_close(&y, &x.matmul(&w.t().unwrap()).unwrap(), 1e-5, "few-row product");
+        }
     }
 
     #[test]

@@ -250,6 +250,33 @@ pub unsafe fn matmul(
         }
         return;
     }
+    // One row (attention while decoding): the GEMM would pack all of rhs for a single row, which
+    // costs more than the product. Dot products or row sums over contiguous rhs data instead.
+    if m == 1 && lhs_cs == 1 && (rhs_rs == 1 || rhs_cs == 1) {
+        let x = std::slice::from_raw_parts(lhs, k);
+        let y = std::slice::from_raw_parts_mut(dst, n);
+        if !acc {
+            y.fill(0.0);
+        }
+        if rhs_rs == 1 {
+            for (j, y) in y.iter_mut().enumerate() {
+                *y += beta * dot(x, std::slice::from_raw_parts(rhs.add(j * rhs_cs), k));
+            }
+        } else if beta == 1.0 {
+            for (l, &a) in x.iter().enumerate() {
+                axpy(y, a, std::slice::from_raw_parts(rhs.add(l * rhs_rs), n));
+            }
+        } else {
+            let mut t = vec![0f32; n];
+            for (l, &a) in x.iter().enumerate() {
+                axpy(&mut t, a, std::slice::from_raw_parts(rhs.add(l * rhs_rs), n));
+            }
+            for (y, t) in y.iter_mut().zip(&t) {
+                *y += beta * t;
+            }
+        }
+        return;
+    }
     gemm::gemm(
         m,
         n,
@@ -360,6 +387,28 @@ impl SendConstPtr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_row_products_equal_plain_loops_for_both_rhs_layouts() {
+        let (k, n) = (37, 23);
+        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let r: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        // rhs (k×n) read as row-major (rs n, cs 1) or as the transpose of an (n×k) row-major matrix (rs 1, cs k).
+        for (rs, cs) in [(n, 1), (1, k)] {
+            for (acc, beta) in [(false, 1.0f32), (true, 1.0), (false, 0.5), (true, 0.5)] {
+                let mut want: Vec<f32> = (0..n).map(|j| j as f32).collect();
+                let mut got = want.clone();
+                for (j, w) in want.iter_mut().enumerate() {
+                    let sum: f32 = (0..k).map(|l| x[l] * r[l * rs + j * cs]).sum();
+                    *w = if acc { *w + beta * sum } else { beta * sum };
+                }
+                unsafe { matmul(1, n, k, got.as_mut_ptr(), n, acc, x.as_ptr(), (k, 1), r.as_ptr(), (rs, cs), beta) };
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "strides ({rs}, {cs}) acc {acc} beta {beta}: {a} vs {b}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_exp_matches_std() {
