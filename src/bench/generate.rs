@@ -5,7 +5,7 @@
 use crate::model::{ForwardCtx, KvCache, Llama};
 use crate::util::rng_for;
 use anyhow::{ensure, Result};
-use candle_core::{IndexOp, Tensor};
+use candle_core::Tensor;
 use rand::Rng;
 use serde::Serialize;
 use std::time::Instant;
@@ -46,16 +46,14 @@ pub struct GenerateReport {
 
 /// One timed run: (prefill seconds, decode seconds) for `new_tokens` greedy steps.
 fn one_run(model: &Llama, prompts: &Tensor, new_tokens: usize) -> Result<(f64, f64)> {
-    let (b, t) = prompts.dims2()?;
     let mut ctx = ForwardCtx::inference();
     let mut cache = KvCache::new(model.cfg.num_hidden_layers);
     let t0 = Instant::now();
-    let logits = model.forward(prompts, Some(&mut cache), &mut ctx)?; // (b·t, V)
-    let mut next = logits.reshape((b, t, ()))?.i((.., t - 1))?.argmax(1)?.to_dtype(candle_core::DType::U32)?;
+    let mut next = model.last_logits(prompts, Some(&mut cache), &mut ctx)?.argmax(1)?.to_dtype(candle_core::DType::U32)?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 1..new_tokens {
-        let logits = model.forward(&next.unsqueeze(1)?, Some(&mut cache), &mut ctx)?; // (b, V)
+        let logits = model.last_logits(&next.unsqueeze(1)?, Some(&mut cache), &mut ctx)?; // (b, V)
         next = logits.argmax(1)?.to_dtype(candle_core::DType::U32)?;
     }
     next.to_vec1::<u32>()?; // wait for the last step

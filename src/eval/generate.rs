@@ -40,8 +40,7 @@ pub fn sample_many(model: &Llama, prompt: &[u32], k: usize, opts: &GenerateOptio
     let mut ctx = ForwardCtx::inference();
     let mut cache = KvCache::new(model.cfg.num_hidden_layers);
     let input = Tensor::new(prompt, dev)?.unsqueeze(0)?;
-    let logits = model.forward(&input, Some(&mut cache), &mut ctx)?;
-    let last = logits.i(prompt.len() - 1)?.to_vec1::<f32>()?;
+    let last = model.last_logits(&input, Some(&mut cache), &mut ctx)?.i(0)?.to_vec1::<f32>()?;
     let mut cache = if k > 1 { cache.repeat_batch(k)? } else { cache };
     let mut rng = rng_for(opts.seed, "generate");
     let first: Vec<u32> = (0..k).map(|_| pick(&last, opts, &mut rng)).collect();
@@ -78,7 +77,7 @@ fn decode(
             break;
         }
         let input = Tensor::new(next.as_slice(), dev)?.unsqueeze(1)?; // (k, 1)
-        let logits = model.forward(&input, Some(cache), ctx)?.to_vec2::<f32>()?;
+        let logits = model.last_logits(&input, Some(cache), ctx)?.to_vec2::<f32>()?;
         next = logits.iter().map(|row| choose(row)).collect();
     }
     Ok(outs)
@@ -155,8 +154,7 @@ pub fn greedy_batch(model: &Llama, prompts: &[Vec<u32>], max_new_tokens: usize, 
     let mut cache = KvCache::new(model.cfg.num_hidden_layers);
     let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
     let input = Tensor::from_vec(flat, (b, t), dev)?;
-    let logits = model.forward(&input, Some(&mut cache), &mut ctx)?; // (b·t, V)
-    let last = logits.reshape((b, t, ()))?.i((.., t - 1))?.to_vec2::<f32>()?;
+    let last = model.last_logits(&input, Some(&mut cache), &mut ctx)?.to_vec2::<f32>()?; // (b, V)
     let next: Vec<u32> = last.iter().map(|row| argmax(row)).collect();
     let budget = max_new_tokens.min(max_pos - t);
     decode(model, &mut cache, &mut ctx, next, budget, stop_tokens, argmax)

@@ -230,6 +230,15 @@ impl Llama {
         Ok(super::linear::matmul_t(&h, &self.lm_head, self.matmul_dtype)?)
     }
 
+    /// Logits (B, V) of each row's last position only: what generation needs after a prefill
+    /// (the LM head on every prompt position was a fifth of a SmolLM2 prefill).
+    pub fn last_logits(&self, tokens: &Tensor, cache: Option<&mut KvCache>, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let h = self.hidden(tokens, cache, ctx)?;
+        let last = if t == 1 { h } else { h.reshape((b, t, ()))?.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()? };
+        Ok(super::linear::matmul_t(&last, &self.lm_head, self.matmul_dtype)?)
+    }
+
     /// Mean next-token loss; `targets` (B, T) u32 with `ops::IGNORE_INDEX` for positions to skip.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let logits = self.forward(inputs, None, ctx)?;
