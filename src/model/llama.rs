@@ -240,9 +240,21 @@ impl Llama {
     }
 
     /// Mean next-token loss; `targets` (B, T) u32 with `ops::IGNORE_INDEX` for positions to skip.
+    /// The LM head and the loss run only at scored positions: padding and the prompt positions of
+    /// completion-only SFT (`IGNORE_INDEX`) would spend a vocabulary-wide product on nothing.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let logits = self.forward(inputs, None, ctx)?;
-        Ok(ops::cross_entropy(&logits, &targets.flatten_all()?)?)
+        let h = self.hidden(inputs, None, ctx)?;
+        let targets = targets.flatten_all()?;
+        let host: Vec<u32> = targets.to_vec1()?;
+        let scored: Vec<u32> = (0..host.len() as u32).filter(|&i| host[i as usize] != ops::IGNORE_INDEX).collect();
+        let (h, targets) = if scored.len() == host.len() || scored.is_empty() {
+            (h, targets)
+        } else {
+            let idx = Tensor::new(scored.as_slice(), h.device())?;
+            (h.index_select(&idx, 0)?, targets.index_select(&idx, 0)?)
+        };
+        let logits = super::linear::matmul_t(&h, &self.lm_head, self.matmul_dtype)?;
+        Ok(ops::cross_entropy(&logits, &targets)?)
     }
 
     /// Per-token log-probabilities of `targets` (B·T,), no gradient.
