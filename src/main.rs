@@ -53,6 +53,14 @@ impl ConfigArgs {
         self.set.iter().cloned().chain(self.device.set()).collect()
     }
 
+    /// `finetune.method=M` first among the overrides, when a command's `--method` is given.
+    fn with_method(mut self, method: Option<&str>) -> Self {
+        if let Some(m) = method {
+            self.set.insert(0, format!("finetune.method=\"{m}\""));
+        }
+        self
+    }
+
     fn load(&self) -> Result<ExperimentConfig> {
         ExperimentConfig::load(self.config.as_deref(), &self.sets())
     }
@@ -419,11 +427,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Finetune { cfg, model, method, out, merge } => {
-            let mut sets = cfg.sets();
-            if let Some(m) = method {
-                sets.insert(0, format!("finetune.method=\"{m}\""));
-            }
-            let cfg = ExperimentConfig::load(cfg.config.as_deref(), &sets)?;
+            let cfg = cfg.with_method(method.as_deref()).load()?;
             let report = bench::finetune::finetune_command(&model, &cfg, out.as_deref(), merge)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
@@ -495,11 +499,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Step { mut cfg, method, warmup, steps } } => {
-            if let Some(m) = &method {
-                cfg.set.insert(0, format!("finetune.method=\"{m}\""));
-            }
-            let report = bench::step::run(&cfg.load()?, warmup, steps, method.is_some())?;
+        Command::Bench { command: BenchCommand::Step { cfg, method, warmup, steps } } => {
+            let report = bench::step::run(&cfg.with_method(method.as_deref()).load()?, warmup, steps, method.is_some())?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

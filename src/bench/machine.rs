@@ -27,7 +27,7 @@ pub fn gemm_simd() -> &'static str {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return "avx512";
         }
-        if std::arch::is_x86_feature_detected!("fma") {
+        if crate::ops::kernels::has_avx2_fma() {
             return "avx2";
         }
         "scalar"
@@ -42,17 +42,5 @@ pub fn gemm_simd() -> &'static str {
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         "scalar"
-    }
-}
-
-/// Whether the CPU has AVX512_BF16 (bf16 dot products in hardware).
-pub fn has_avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }

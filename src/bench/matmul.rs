@@ -1,7 +1,7 @@
 //! `memtune bench matmul`: GFLOP/s of the f32 matrix products a training step is made of, taken
 //! the way the model takes them (`model::linear::matmul_t` on 2-D activations: candle's CPU GEMM,
-//! dot products for a few rows), to
-//! hold against the machine's peak and against PyTorch's (`scripts/matmul-vs-pytorch.py`).
+//! dot products for a few rows), to hold against the machine's peak and against PyTorch's
+//! (`scripts/matmul-vs-pytorch.sh`).
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
@@ -42,6 +42,7 @@ pub struct MatmulReport {
 /// Time `reps` products of each shape after `warmup` untimed ones; one report per shape.
 pub fn run(shapes: &[Shape], warmup: usize, reps: usize, device: &Device) -> Result<Vec<MatmulReport>> {
     ensure!(reps > 0, "bench matmul needs --reps ≥ 1");
+    let (cpu, simd, threads) = (super::machine::cpu_model(), super::machine::gemm_simd(), rayon::current_num_threads());
     shapes
         .iter()
         .map(|&s| {
@@ -61,9 +62,9 @@ pub fn run(shapes: &[Shape], warmup: usize, reps: usize, device: &Device) -> Res
             times.sort_by(f64::total_cmp);
             let secs = times[times.len() / 2];
             Ok(MatmulReport {
-                cpu: super::machine::cpu_model(),
-                simd: super::machine::gemm_simd(),
-                threads: rayon::current_num_threads(),
+                cpu: cpu.clone(),
+                simd,
+                threads,
                 m: s.m,
                 k: s.k,
                 n: s.n,

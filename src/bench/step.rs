@@ -1,11 +1,10 @@
 //! `memtune bench step`: the speed of the real training step (the same `Trainer` that
 //! `pretrain` uses) on random tokens, for sizing hardware and comparing with PyTorch.
 
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, MethodKind, Ranking, TrainConfig};
 use crate::data::batches::{BatchSource, PackedStream};
 use crate::model::{Llama, ParamStore};
 use crate::train::pretrain::{init_model, make_optimizer, with_init_model};
-use crate::config::{MethodKind, Ranking, TrainConfig};
 use crate::train::methods::{prepare, Prepared};
 use crate::train::tfidf::BackgroundIndex;
 use crate::train::trainer::Trainer;
@@ -101,7 +100,7 @@ pub fn run(cfg: &ExperimentConfig, warmup: usize, steps: usize, finetune_method:
         let Prepared { method, store, model, trainable, optimizer, values, train, .. } = bench.finetune_method(source.as_mut())?;
         let train = TrainConfig { steps: warmup + steps, ..train };
         let trainer = Trainer { model: &model, store: &store, trainable, optimizer, values, cfg: train };
-        (method_name(method), cfg.finetune.precision, time_steps(trainer, source.as_mut(), warmup, steps)?)
+        (method.name().to_string(), cfg.finetune.precision, time_steps(trainer, source.as_mut(), warmup, steps)?)
     } else {
         ("pretrain".to_string(), cfg.train.precision, time_steps(bench.trainer()?, source.as_mut(), warmup, steps)?)
     };
@@ -123,10 +122,6 @@ pub fn run(cfg: &ExperimentConfig, warmup: usize, steps: usize, finetune_method:
         peak_rss_mb: super::machine::peak_rss_mb(),
         threads: rayon::current_num_threads(),
     })
-}
-
-fn method_name(m: MethodKind) -> String {
-    serde_json::to_value(m).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 struct Timed {

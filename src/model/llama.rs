@@ -226,8 +226,12 @@ impl Llama {
 
     /// Logits (B·T, V).
     pub fn forward(&self, tokens: &Tensor, cache: Option<&mut KvCache>, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let h = self.hidden(tokens, cache, ctx)?;
-        Ok(super::linear::matmul_t(&h, &self.lm_head, self.matmul_dtype)?)
+        self.head(&self.hidden(tokens, cache, ctx)?)
+    }
+
+    /// The LM head: logits (N, V) of hidden states (N, D).
+    fn head(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(super::linear::matmul_t(h, &self.lm_head, self.matmul_dtype)?)
     }
 
     /// Logits (B, V) of each row's last position only: what generation needs after a prefill
@@ -236,7 +240,7 @@ impl Llama {
         let (b, t) = tokens.dims2()?;
         let h = self.hidden(tokens, cache, ctx)?;
         let last = if t == 1 { h } else { h.reshape((b, t, ()))?.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()? };
-        Ok(super::linear::matmul_t(&last, &self.lm_head, self.matmul_dtype)?)
+        self.head(&last)
     }
 
     /// Mean next-token loss; `targets` (B, T) u32 with `ops::IGNORE_INDEX` for positions to skip.
@@ -253,8 +257,7 @@ impl Llama {
             let idx = Tensor::new(scored.as_slice(), h.device())?;
             (h.index_select(&idx, 0)?, targets.index_select(&idx, 0)?)
         };
-        let logits = super::linear::matmul_t(&h, &self.lm_head, self.matmul_dtype)?;
-        Ok(ops::cross_entropy(&logits, &targets)?)
+        Ok(ops::cross_entropy(&self.head(&h)?, &targets)?)
     }
 
     /// Per-token log-probabilities of `targets` (B·T,), no gradient.

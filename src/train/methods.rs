@@ -1,6 +1,6 @@
 //! Finetuning methods: small types given to the one training loop (`trainer::Trainer`), never
-//! branches inside it (DESIGN.md §5). Each prepares, over a copy-on-write view of the base weights (only what it changes is copied), a model
-//! built with the right parameters trainable, the dense names its optimiser owns, that optimiser,
+//! branches inside it (DESIGN.md §5). Each prepares, over a copy-on-write view of the base
+//! weights (only what it changes is copied), a model built with the right parameters trainable, the dense names its optimiser owns, that optimiser,
 //! and how the memory values are updated:
 //!
 //! | method | model built with | dense optimiser | memory values |
