@@ -2,7 +2,7 @@
 //! seeded; scoring returns one log-probability per token.
 
 use candle_core::{Device, IndexOp, Tensor};
-use memtune::eval::generate::{argmax, generate, sample_many, GenerateOptions};
+use memtune::eval::generate::{argmax, generate, greedy_batch, sample_many, GenerateOptions};
 use memtune::model::{ForwardCtx, Llama, LlamaConfig, ParamBuilder, ParamStore};
 
 fn model(kv_heads: usize) -> Llama {
@@ -40,6 +40,19 @@ fn kv_cache_decoding_matches_full_recompute() {
         let opts = GenerateOptions { max_new_tokens: 20, ..Default::default() };
         let cached = generate(&m, &prompt, &opts).unwrap();
         assert_eq!(cached, greedy_without_cache(&m, &prompt, 20), "kv heads {kv}");
+    }
+}
+
+#[test]
+fn prompts_of_several_lengths_decode_in_one_batch_as_they_do_alone() {
+    for kv in [4, 2] {
+        let m = model(kv);
+        let prompts: Vec<Vec<u32>> = vec![vec![5, 17, 33, 2, 9, 40, 12], vec![8], vec![1, 2, 3], vec![60, 61, 62, 63, 7, 7, 7]];
+        let batched = greedy_batch(&m, &prompts, 15, &[]).unwrap();
+        for (p, got) in prompts.iter().zip(&batched) {
+            let alone = generate(&m, p, &GenerateOptions { max_new_tokens: 15, ..Default::default() }).unwrap();
+            assert_eq!(got, &alone, "kv heads {kv}, prompt {p:?}");
+        }
     }
 }
 

@@ -137,22 +137,31 @@ pub fn generate_text(model_dir: &std::path::Path, prompt: &str, opts: &GenerateO
     m.tokenizer.decode(&out)
 }
 
-/// Greedy continuations of several prompts of one length, decoded as one batch with a shared KV
-/// cache (no padding is needed, so each row's result is what `generate` gives it alone, up to
-/// floating-point summation order). A row stops after a stop token; the batch stops when every
-/// row has, or after `max_new_tokens`.
+/// Greedy continuations of several prompts, decoded as one batch with a shared KV cache. Shorter
+/// prompts are left-padded and attention hides the padding (`ForwardCtx::left_pad`); RoPE scores
+/// depend only on position differences, so each row's result is what `generate` gives it alone,
+/// up to floating-point rounding. Decoding one row costs about what decoding a batch of them
+/// does on a CPU (each step reads every weight once), so batching the questions of a passage
+/// makes QA several times faster. A row stops after a stop token; the batch stops when every row
+/// has, or after `max_new_tokens` (fewer when the longest prompt leaves less room).
 pub fn greedy_batch(model: &Llama, prompts: &[Vec<u32>], max_new_tokens: usize, stop_tokens: &[u32]) -> Result<Vec<Vec<u32>>> {
-    let Some(first) = prompts.first() else { return Ok(vec![]) };
-    let t = first.len();
-    anyhow::ensure!(t > 0, "generation needs a non-empty prompt");
-    anyhow::ensure!(prompts.iter().all(|p| p.len() == t), "greedy_batch: prompts must have one length");
+    if prompts.is_empty() {
+        return Ok(vec![]);
+    }
+    anyhow::ensure!(prompts.iter().all(|p| !p.is_empty()), "generation needs a non-empty prompt");
+    let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_pos = model.cfg.max_position_embeddings;
     anyhow::ensure!(t < max_pos, "prompt of {t} tokens leaves no room under max_position_embeddings = {max_pos}");
     let b = prompts.len();
     let dev = model.device();
     let mut ctx = ForwardCtx::inference();
+    ctx.left_pad = prompts.iter().map(|p| t - p.len()).collect();
+    if ctx.left_pad.iter().all(|&p| p == 0) {
+        ctx.left_pad.clear();
+    }
     let mut cache = KvCache::new(model.cfg.num_hidden_layers);
-    let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
+    // Padding positions hold the prompt's first token; attention never reads them.
+    let flat: Vec<u32> = prompts.iter().flat_map(|p| std::iter::repeat_n(p[0], t - p.len()).chain(p.iter().copied())).collect();
     let input = Tensor::from_vec(flat, (b, t), dev)?;
     let last = model.last_logits(&input, Some(&mut cache), &mut ctx)?.to_vec2::<f32>()?; // (b, V)
     let next: Vec<u32> = last.iter().map(|row| argmax(row)).collect();

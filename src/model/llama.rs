@@ -28,6 +28,9 @@ pub struct ForwardCtx {
     pub memory: Vec<MemoryTrace>,
     /// Inference: memory layers record no traces (nothing is kept alive between calls).
     pub skip_memory_traces: bool,
+    /// Per batch row, how many leading positions are padding that attention hides (prompts of
+    /// several lengths decoded as one batch); empty: none.
+    pub left_pad: Vec<usize>,
 }
 
 impl ForwardCtx {
@@ -107,6 +110,7 @@ impl Attention {
         offset: usize,
         rope: &ops::RopeTables,
         cache: Option<(&mut KvCache, usize)>,
+        left_pad: &[usize],
     ) -> Result<Tensor> {
         let q = self.q_proj.forward(x)?.reshape((b, t, self.n_heads, self.head_dim))?;
         let k = self.k_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?;
@@ -118,7 +122,7 @@ impl Attention {
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let y = ops::causal_attention(&q, &k, &v, scale)?;
+        let y = ops::causal_attention_left_padded(&q, &k, &v, scale, left_pad)?;
         Ok(self.o_proj.forward(&y.reshape((b * t, self.n_heads * self.head_dim))?)?)
     }
 }
@@ -216,7 +220,7 @@ impl Llama {
         for (i, blk) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &blk.input_layernorm, eps)?;
             let c = cache.as_deref_mut().map(|c| (c, i));
-            let a = blk.self_attn.forward(&h, (b, t), offset, &self.rope, c)?;
+            let a = blk.self_attn.forward(&h, (b, t), offset, &self.rope, c, &ctx.left_pad)?;
             x = (x + a)?;
             let h = ops::rms_norm(&x, &blk.post_attention_layernorm, eps)?;
             x = (&x + blk.mlp.forward(&h, ctx)?)?;

@@ -51,6 +51,8 @@ struct Attention {
     dims: Dims,
     /// logsumexp of the scaled, masked scores per (b, h, i), written by the forward.
     lse: Mutex<Vec<f32>>,
+    /// Per batch row, how many leading key positions are padding (empty: none).
+    left_pad: Vec<usize>,
 }
 
 simd_fn! {
@@ -101,6 +103,16 @@ simd_fn! {
 }
 
 impl Attention {
+    /// Batch row b as the op sees it: its dims without the left padding (S and T shortened), the
+    /// first real key k0 and the first real query row q0. Query rows before q0 are padding:
+    /// their output and gradients stay zero.
+    fn span(&self, b: usize) -> (Dims, usize, usize) {
+        let d = self.dims;
+        let k0 = self.left_pad.get(b).copied().unwrap_or(0).min(d.s);
+        let q0 = k0.saturating_sub(d.s - d.t).min(d.t);
+        (Dims { s: d.s - k0, t: d.t - q0, ..d }, k0, q0)
+    }
+
     /// Pointers of head (b, h): q/o/dq rows have stride Hq·Dh, k/v rows Hkv·Dh.
     fn q_off(&self, b: usize, h: usize) -> usize {
         let d = &self.dims;
@@ -123,7 +135,9 @@ impl Attention {
             || vec![0f32; blk * d.s],
             |p, (bh, lse)| {
                 let (b, h) = (bh / d.hq, bh % d.hq);
-                let (qo, kvo) = (self.q_off(b, h), self.kv_off(b, h));
+                let (d, k0, q0) = self.span(b);
+                let (qo, kvo) = (self.q_off(b, h) + q0 * qs, self.kv_off(b, h) + k0 * ks);
+                let lse = &mut lse[q0..];
                 let mut r0 = 0;
                 while r0 < d.t {
                     let r1 = (r0 + blk).min(d.t);
@@ -162,9 +176,10 @@ impl Attention {
             || (vec![0f32; blk * d.s], vec![0f32; blk * d.s], vec![0f32; blk]),
             |(p, dp, dd), bh| {
                 let (b, h) = (bh / d.hq, bh % d.hq);
-                let (qo, kvo) = (self.q_off(b, h), self.kv_off(b, h));
-                let ho = (b * d.s * d.hq + h) * d.dh; // this head in the (B, S, Hq, Dh) buffers
-                let lse = &lse[bh * d.t..(bh + 1) * d.t];
+                let ho = ((b * d.s + self.span(b).1) * d.hq + h) * d.dh; // this head in the (B, S, Hq, Dh) buffers
+                let lse = &lse[bh * d.t + self.span(b).2..(bh + 1) * d.t];
+                let (d, k0, q0) = self.span(b);
+                let (qo, kvo) = (self.q_off(b, h) + q0 * qs, self.kv_off(b, h) + k0 * ks);
                 let mut r0 = 0;
                 while r0 < d.t {
                     let r1 = (r0 + blk).min(d.t);
@@ -275,6 +290,15 @@ impl CustomOp3 for Attention {
 
 /// q: (B, T, Hq, Dh), k/v: (B, S, Hkv, Dh), S ≥ T, query i at position S-T+i. -> (B, T, Hq, Dh)
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    causal_attention_left_padded(q, k, v, scale, &[])
+}
+
+/// As [`causal_attention`] for left-padded rows (prompts of several lengths in one batch):
+/// `left_pad[b]` leading key positions of row b are padding, seen by no query. RoPE scores
+/// depend only on position differences, so each real row attends as it would alone (up to
+/// rounding). Padding query rows' outputs are unspecified (zero on the CPU, finite on a GPU).
+/// Empty `left_pad`: no padding.
+pub fn causal_attention_left_padded(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, left_pad: &[usize]) -> Result<Tensor> {
     for (name, x) in [("q", q), ("k", k), ("v", v)] {
         expect_f32("causal_attention", name, x)?;
     }
@@ -292,11 +316,15 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     if s < t {
         candle_core::bail!("causal_attention: {s} keys for {t} queries (need S >= T)");
     }
+    if !left_pad.is_empty() && left_pad.len() != b {
+        candle_core::bail!("causal_attention: {} left-padding counts for a batch of {b}", left_pad.len());
+    }
     // On a GPU: cuBLAS matmuls around the fused softmax op (no attention kernel of our own yet).
     if !q.device().is_cpu() {
-        return causal_attention_composed(q, k, v, scale);
+        return causal_attention_composed(q, k, v, scale, left_pad);
     }
-    let op = Attention { scale: scale as f32, dims: Dims { b, t, s, hq, hkv, dh }, lse: Mutex::new(Vec::new()) };
+    let dims = Dims { b, t, s, hq, hkv, dh };
+    let op = Attention { scale: scale as f32, dims, lse: Mutex::new(Vec::new()), left_pad: left_pad.to_vec() };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
@@ -304,8 +332,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
 /// a kernel with its own backward on CUDA): the GPU path. q is scaled before QKᵀ (B·T·Hq·Dh
 /// multiplies instead of B·Hq·T·S), so the (B, Hq, T, S) scores make four passes through memory
 /// in the forward (matmul, + mask, softmax, matmul) instead of the reference's dozen.
-pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (qh, kh, vh, mask) = super::reference::attention_heads(q, k, v)?;
+pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, left_pad: &[usize]) -> Result<Tensor> {
+    let (qh, kh, vh, mask) = super::reference::attention_heads(q, k, v, left_pad)?;
     let scores = (qh * scale)?.matmul(&kh.t()?)?; // B Hq T S
     let p = super::softmax_rows(&scores.broadcast_add(&mask)?)?;
     p.matmul(&vh)?.transpose(1, 2)?.contiguous()
@@ -396,9 +424,85 @@ mod tests {
     #[test]
     fn composed_attention_matches_reference() {
         // The GPU path's composition (pre-scaled q, fused softmax op), run here on the CPU.
-        compare_op(causal_attention_composed, 2, 70, 70, 2, 2, 16, 72);
-        compare_op(causal_attention_composed, 1, 40, 75, 4, 2, 8, 74);
-        compare_op(causal_attention_composed, 2, 1, 12, 4, 1, 8, 75);
+        let composed: AttentionFn = |q, k, v, scale| causal_attention_composed(q, k, v, scale, &[]);
+        compare_op(composed, 2, 70, 70, 2, 2, 16, 72);
+        compare_op(composed, 1, 40, 75, 4, 2, 8, 74);
+        compare_op(composed, 2, 1, 12, 4, 1, 8, 75);
+    }
+
+    /// (y, [dq, dk, dv]) of `f` under a loss that weights real query rows only.
+    fn padded_run(f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>, qkv: &[Tensor; 3], gy: &Tensor) -> (Tensor, Vec<Tensor>) {
+        let vars: Vec<Var> = qkv.iter().map(|x| Var::from_tensor(x).unwrap()).collect();
+        let y = f(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor()).unwrap();
+        let g = (&y * gy).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, vars.iter().map(|x| g.get(x.as_tensor()).unwrap().clone()).collect())
+    }
+
+    /// Left-padded rows: each real row's output and gradients equal that row run alone without
+    /// its padding (CPU op, the reference and the GPU composition); padding rows get zero
+    /// output and send no gradient.
+    fn compare_padded(t: usize, s: usize, pads: &[usize], seed: u64) {
+        let (hq, hkv, dh) = (4, 2, 8);
+        let b = pads.len();
+        let x = qkv(b, t, s, hq, hkv, dh, seed);
+        let scale = 1.0 / (dh as f64).sqrt();
+        // Query row i of batch row r is real when its position s - t + i is at or past pads[r].
+        let real: Vec<f32> = pads.iter().flat_map(|&p| (0..t).map(move |i| if s - t + i >= p { 1.0 } else { 0.0 })).collect();
+        let real = Tensor::from_vec(real, (b, t, 1, 1), &candle_core::Device::Cpu).unwrap();
+        let gy = randn((b, t, hq, dh), seed + 3).unwrap().broadcast_mul(&real).unwrap();
+        let (y, g) = padded_run(&|q, k, v| causal_attention_left_padded(q, k, v, scale, pads), &x, &gy);
+        let what = format!("t{t} s{s} pads {pads:?}");
+        for (name, f) in [
+            ("reference", &(|q: &Tensor, k: &Tensor, v: &Tensor| reference::causal_attention_left_padded(q, k, v, scale, pads)) as &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>),
+            ("composed", &|q: &Tensor, k: &Tensor, v: &Tensor| causal_attention_composed(q, k, v, scale, pads)),
+        ] {
+            let (ry, rg) = padded_run(f, &x, &gy);
+            assert_close(&y.broadcast_mul(&real).unwrap(), &ry.broadcast_mul(&real).unwrap(), 1e-4, &format!("padded forward vs {name} {what}"));
+            for (gn, (a, r)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&rg)) {
+                assert_close(a, r, 1e-4, &format!("padded {gn} vs {name} {what}"));
+            }
+        }
+        for (r, &p) in pads.iter().enumerate() {
+            let q0 = p.saturating_sub(s - t);
+            let alone = |x: &Tensor, from: usize| x.narrow(0, r, 1).unwrap().narrow(1, from, x.dim(1).unwrap() - from).unwrap().contiguous().unwrap();
+            let xa = [alone(&x[0], q0), alone(&x[1], p), alone(&x[2], p)];
+            let (ya, ga) = padded_run(&|q, k, v| causal_attention(q, k, v, scale), &xa, &alone(&gy, q0));
+            assert_close(&alone(&y, q0), &ya, 1e-5, &format!("row {r} alone {what}"));
+            for (gn, (a, ga), from) in [("dq", (&g[0], &ga[0]), q0), ("dk", (&g[1], &ga[1]), p), ("dv", (&g[2], &ga[2]), p)] {
+                assert_close(&alone(a, from), ga, 1e-5, &format!("row {r} alone {gn} {what}"));
+            }
+            let head = |x: &Tensor, n: usize| x.narrow(0, r, 1).unwrap().narrow(1, 0, n).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(head(&y, q0), 0.0, "padding rows' output, row {r} {what}");
+            assert_eq!(head(&g[0], q0) + head(&g[1], p) + head(&g[2], p), 0.0, "padding gradients, row {r} {what}");
+        }
+    }
+
+    #[test]
+    fn left_padded_rows_attend_as_if_alone() {
+        // Prefill of prompts of several lengths; padding past a block boundary.
+        compare_padded(40, 40, &[3, 0, 35], 80);
+        // KV-cache decoding of left-padded prompts, a block of new rows and a single token.
+        compare_padded(5, 12, &[4, 0], 81);
+        compare_padded(1, 12, &[11, 2], 82);
+    }
+
+    #[test]
+    fn left_padded_attention_finite_differences() {
+        let [q, k, v] = qkv(2, 4, 4, 4, 2, 4, 83);
+        assert_grads(
+            "causal_attention (left padded)",
+            |a| causal_attention_left_padded(&a[0], &a[1], &a[2], 0.5, &[2, 0]),
+            &[q, k, v],
+            &[0, 1, 2],
+            &strict(),
+        );
+    }
+
+    #[test]
+    fn left_padding_for_another_batch_is_refused() {
+        let [q, k, v] = qkv(2, 3, 3, 2, 2, 4, 84);
+        let e = causal_attention_left_padded(&q, &k, &v, 0.5, &[1]).unwrap_err().to_string();
+        assert!(e.contains("1 left-padding counts for a batch of 2"), "{e}");
     }
 
     #[test]
@@ -422,7 +526,7 @@ mod tests {
         let [q, k, v] = qkv(b, t, t, h, h, dh, 1);
         let g = randn((b, t, h, dh), 5).unwrap();
         let dims = Dims { b, t, s: t, hq: h, hkv: h, dh };
-        let new_op = || Attention { scale: 0.125, dims, lse: Mutex::new(Vec::new()) };
+        let new_op = || Attention { scale: 0.125, dims, lse: Mutex::new(Vec::new()), left_pad: vec![] };
         let ms = crate::ops::timing::time_op(|| {
             let op = new_op();
             let y = q.apply_op3_no_bwd(&k, &v, &op)?;

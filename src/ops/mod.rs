@@ -25,7 +25,7 @@ pub mod swiglu;
 #[cfg(test)]
 pub(crate) mod timing;
 
-pub use attention::causal_attention;
+pub use attention::{causal_attention, causal_attention_left_padded};
 pub use cross_entropy::{cross_entropy, token_logprobs};
 pub use embedding_bag::{embedding_bag, embedding_bag_from_table};
 pub use frozen_matmul::frozen_weight_matmul;

@@ -34,7 +34,13 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 /// Causal attention. q: (B, T, Hq, Dh), k/v: (B, S, Hkv, Dh) with S ≥ T; query i sits at
 /// position S - T + i. Returns (B, T, Hq, Dh).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (qh, kh, vh, mask) = attention_heads(q, k, v)?;
+    causal_attention_left_padded(q, k, v, scale, &[])
+}
+
+/// As [`causal_attention`], with `left_pad[b]` leading key positions of row b hidden from its
+/// real queries (see `ops::causal_attention_left_padded`).
+pub fn causal_attention_left_padded(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, left_pad: &[usize]) -> Result<Tensor> {
+    let (qh, kh, vh, mask) = attention_heads(q, k, v, left_pad)?;
     let scores = (qh.matmul(&kh.t()?)? * scale)?; // B Hq T S
     let p = softmax(&scores.broadcast_add(&mask)?)?;
     p.matmul(&vh)?.transpose(1, 2)?.contiguous()
@@ -42,8 +48,10 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
 
 /// Attention's operands by head, (B, Hq, T, Dh) for q and (B, Hq, S, Dh) for k and v (each kv
 /// head repeated for its query group), contiguous; and the causal mask (T, S): 0 where query i
-/// may see key j (j ≤ S - T + i), -inf elsewhere.
-pub(crate) fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+/// may see key j (j ≤ S - T + i), -inf elsewhere. With `left_pad` the mask is (B, 1, T, S) and
+/// also hides row b's first `left_pad[b]` keys from its real queries; padding queries keep their
+/// causal view, so every score row has a visible column and nothing becomes NaN.
+pub(crate) fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, left_pad: &[usize]) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let (b, t, hq, dh) = q.dims4()?;
     let (_, s, hkv, _) = k.dims4()?;
     let rep = hq / hkv;
@@ -57,10 +65,19 @@ pub(crate) fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Ten
     let kh = expand(k)?.contiguous()?;
     let vh = expand(v)?.contiguous()?;
     let offset = s - t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    let mask = Tensor::from_vec(mask, (t, s), q.device())?;
+    let row_mask = |pad: usize| -> Vec<f32> {
+        (0..t)
+            .flat_map(|i| {
+                let pos = i + offset;
+                (0..s).map(move |j| if j <= pos && (j >= pad || pos < pad) { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect()
+    };
+    let mask = if left_pad.is_empty() {
+        Tensor::from_vec(row_mask(0), (t, s), q.device())?
+    } else {
+        Tensor::from_vec(left_pad.iter().flat_map(|&p| row_mask(p)).collect::<Vec<f32>>(), (b, 1, t, s), q.device())?
+    };
     Ok((qh, kh, vh, mask))
 }
 
