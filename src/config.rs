@@ -212,13 +212,17 @@ pub struct SparseMemoryConfig {
     pub ranking: Ranking,
     /// Optimiser steps on each fact's batch before the next fact.
     pub steps_per_fact: usize,
+    /// Passes over the whole stream of facts.
+    pub epochs: usize,
+    /// After each fact, this many earlier facts of the stream (seeded) are trained on again.
+    pub replay: usize,
     /// Global-norm clipping of the value gradient; 0 = off.
     pub grad_clip: f64,
 }
 
 impl Default for SparseMemoryConfig {
     fn default() -> Self {
-        Self { top_t: TopT(Some(100)), lr: 100.0, ranking: Ranking::Tfidf, steps_per_fact: 1, grad_clip: 0.0 }
+        Self { top_t: TopT(Some(100)), lr: 100.0, ranking: Ranking::Tfidf, steps_per_fact: 1, epochs: 1, replay: 0, grad_clip: 0.0 }
     }
 }
 
@@ -236,6 +240,9 @@ pub struct LoraFinetuneConfig {
     pub lr: f64,
     pub weight_decay: f64,
     pub steps_per_fact: usize,
+    /// As in `[finetune.sparse_memory]`.
+    pub epochs: usize,
+    pub replay: usize,
     /// 0 = off.
     pub grad_clip: f64,
 }
@@ -243,7 +250,7 @@ pub struct LoraFinetuneConfig {
 impl Default for LoraFinetuneConfig {
     fn default() -> Self {
         let l = crate::model::lora::LoraConfig::default();
-        Self { rank: l.rank, alpha: l.alpha, dropout: l.dropout, targets: l.targets, lr: 1e-3, weight_decay: 0.0, steps_per_fact: 1, grad_clip: 1.0 }
+        Self { rank: l.rank, alpha: l.alpha, dropout: l.dropout, targets: l.targets, lr: 1e-3, weight_decay: 0.0, steps_per_fact: 1, epochs: 1, replay: 0, grad_clip: 1.0 }
     }
 }
 
@@ -264,13 +271,16 @@ pub struct FullFinetuneConfig {
     pub value_lr: Option<f64>,
     pub weight_decay: f64,
     pub steps_per_fact: usize,
+    /// As in `[finetune.sparse_memory]`.
+    pub epochs: usize,
+    pub replay: usize,
     /// 0 = off.
     pub grad_clip: f64,
 }
 
 impl Default for FullFinetuneConfig {
     fn default() -> Self {
-        Self { lr: 1e-4, value_lr: None, weight_decay: 0.0, steps_per_fact: 1, grad_clip: 1.0 }
+        Self { lr: 1e-4, value_lr: None, weight_decay: 0.0, steps_per_fact: 1, epochs: 1, replay: 0, grad_clip: 1.0 }
     }
 }
 
@@ -317,6 +327,56 @@ pub struct ForgettingConfig {
     /// Runs beside the grids, each a table with `method` and keys of that method's section, set
     /// over `[finetune.<method>]` (the ablations: `{ method = "sparse-memory", ranking = "tf" }`).
     pub extra: Vec<toml::Table>,
+    /// A model folder (or run directory) to benchmark instead of pretraining one on the
+    /// synthetic world (`--model`); its facts come from `finetune.facts_file` (`--facts`).
+    pub model: String,
+    /// Retention probes beyond the synthetic world's (`[forgetting.probes]`).
+    pub probes: ProbesConfig,
+    /// Only measure the base model (the setup and its probes, `pretrained.json`); no runs.
+    pub measure_only: bool,
+}
+
+/// How a closed-book question is put to the model.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptStyle {
+    /// `Q: {question} A:`.
+    #[default]
+    Qa,
+    /// The question itself, continued.
+    Completion,
+}
+
+/// `[forgetting.probes]`: what a benchmark measures besides learning (README, "Learning vs
+/// forgetting on a real model"). Every file is optional; with `forgetting.model` set, the known
+/// facts replace the synthetic world's held-out QA as the retention probe and the held-out text
+/// replaces its held-out stream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Closed-book QA JSONL (`{"question", "answers"}`); the questions the base model answers
+    /// (a gold answer in its reply, `contains`) are its "known facts", re-asked after learning.
+    pub known_facts_file: String,
+    /// Questions of that file asked to find the known facts (a seeded sample; 0 = all).
+    pub known_candidates: usize,
+    /// How they are asked: "qa" (`Q: {question} A:`) or "completion" (the question is a text
+    /// prefix the model continues, e.g. "The country of Lisbon is").
+    pub known_facts_prompt: PromptStyle,
+    /// Held-out real text (`.jsonl` with "text" fields, or plain files): perplexity.
+    pub text_files: Vec<String>,
+    /// Documents of it scored (the first ones; 0 = all) and tokens per document.
+    pub text_docs: usize,
+    pub text_tokens: usize,
+    /// A multiple-choice task in BIG-bench's JSON format, scored by log-likelihood.
+    pub choice_file: String,
+    /// Its examples scored (a seeded sample; 0 = all).
+    pub choice_examples: usize,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self { known_facts_file: String::new(), known_candidates: 2000, known_facts_prompt: PromptStyle::Qa, text_files: vec![], text_docs: 100, text_tokens: 256, choice_file: String::new(), choice_examples: 500 }
+    }
 }
 
 impl Default for ForgettingConfig {
@@ -331,6 +391,9 @@ impl Default for ForgettingConfig {
             out: String::new(),
             quick: vec![],
             extra: vec![],
+            model: String::new(),
+            probes: ProbesConfig::default(),
+            measure_only: false,
         }
     }
 }
@@ -348,11 +411,14 @@ impl FinetuneConfig {
         let sm = &self.sparse_memory;
         let lo = &self.lora;
         let fu = &self.full;
-        for (sec, lr, steps, clip) in [
-            ("sparse_memory", sm.lr, sm.steps_per_fact, sm.grad_clip),
-            ("lora", lo.lr, lo.steps_per_fact, lo.grad_clip),
-            ("full", fu.lr, fu.steps_per_fact, fu.grad_clip),
+        for (sec, lr, steps, epochs, clip) in [
+            ("sparse_memory", sm.lr, sm.steps_per_fact, sm.epochs, sm.grad_clip),
+            ("lora", lo.lr, lo.steps_per_fact, lo.epochs, lo.grad_clip),
+            ("full", fu.lr, fu.steps_per_fact, fu.epochs, fu.grad_clip),
         ] {
+            if epochs == 0 {
+                return bad(&format!("{sec}.epochs"), "must be ≥ 1");
+            }
             if !(lr.is_finite() && lr >= 0.0) {
                 return bad(&format!("{sec}.lr"), "must be a finite number ≥ 0");
             }

@@ -272,6 +272,17 @@ enum BenchCommand {
         /// pretrained.json (nothing is trained).
         #[arg(long)]
         report: bool,
+        /// Benchmark this model folder (a memory-retrofit run directory, for sparse memory
+        /// finetuning) instead of pretraining one on the synthetic world (`forgetting.model`).
+        /// Nothing is written into it.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The facts to learn, a facts JSONL file (`finetune.facts_file`; README, "Facts files").
+        #[arg(long)]
+        facts: Option<PathBuf>,
+        /// Only measure the base model's learning and retention probes (no finetuning runs).
+        #[arg(long)]
+        measure_only: bool,
     },
     /// Time training steps of a config; prints one JSON line (tokens_per_s, step_ms, peak_rss_mb).
     /// With --method, the steps of that finetuning method (`[finetune.<method>]`) instead of
@@ -444,8 +455,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Forgetting { config, set, device, quick, report } } => {
-            let set: Vec<String> = set.into_iter().chain(device.set()).collect();
+        Command::Bench { command: BenchCommand::Forgetting { config, set, device, quick, report, model, facts, measure_only } } => {
+            let path_set = |key: &str, p: Option<PathBuf>| p.map(|p| format!("{key}={}", toml::Value::String(p.display().to_string())));
+            let set: Vec<String> = path_set("forgetting.model", model).into_iter().chain(path_set("finetune.facts_file", facts)).chain(measure_only.then(|| "forgetting.measure_only=true".to_string())).chain(set).chain(device.set()).collect();
             let cfg = bench::forgetting::load_config(config.as_deref(), quick, &set)?;
             let out = if report { bench::forgetting::report_only(&cfg, quick)? } else { bench::forgetting::run(&cfg, quick)? };
             println!("{}", out.table);

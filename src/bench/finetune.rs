@@ -12,7 +12,7 @@ use crate::model::lora::{merge_into_base, save_peft};
 use crate::model::pretrained::{load_model_dir, resolve_model_dir};
 use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore};
 use crate::train::background::{checkpoint_config, stored_index};
-use crate::train::methods::{finetune, prepare, FinetuneOutcome, Finetuned};
+use crate::train::methods::{finetune_stream, prepare, FinetuneOutcome, Finetuned};
 use crate::train::trainer::StepStats;
 use crate::train::tfidf::{BackgroundIndex, BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
 use anyhow::{Context, Result};
@@ -77,11 +77,22 @@ pub fn fact_items(facts: &[Fact], per_fact: usize) -> Vec<QaItem> {
 }
 
 /// Finetune a copy of `base` on `facts` with `ft.method`; `on_step(stats, total_steps)`.
-pub fn run_method(base: &Base, ft: &FinetuneConfig, facts: &[Fact], mut on_step: impl FnMut(&StepStats, usize)) -> Result<(Finetuned, FinetuneOutcome)> {
+pub fn run_method(base: &Base, ft: &FinetuneConfig, facts: &[Fact], on_step: impl FnMut(&StepStats, usize)) -> Result<(Finetuned, FinetuneOutcome)> {
+    run_method_stream(base, ft, facts, on_step, |_, _| Ok(()))
+}
+
+/// As [`run_method`]; `after_first(i, model)` runs right after fact i is first learned.
+pub fn run_method_stream(
+    base: &Base,
+    ft: &FinetuneConfig,
+    facts: &[Fact],
+    mut on_step: impl FnMut(&StepStats, usize),
+    after_first: impl FnMut(usize, &Llama) -> Result<()>,
+) -> Result<(Finetuned, FinetuneOutcome)> {
     let batches = facts.iter().map(|f| f.batch(&base.tokenizer, ft.paraphrases)).collect::<Result<Vec<_>>>()?;
     let p = prepare(ft, &base.model_cfg, &base.store, base.background.as_ref(), base.model.device())?;
-    let total = batches.len() * p.steps_per_fact;
-    finetune(p, batches, |s| on_step(s, total))
+    let total = p.stream.schedule(batches.len()).len() * p.stream.steps_per_fact;
+    finetune_stream(p, batches, |s| on_step(s, total), after_first)
 }
 
 /// What `memtune finetune` prints.

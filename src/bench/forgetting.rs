@@ -12,18 +12,17 @@
 //!    method at matched learning, then every run) and `pareto.png` / `pareto.svg` (new-fact EM
 //!    against retention drop, one series per method, its Pareto front drawn).
 
-use super::finetune::{fact_items, facts_for, load_base, run_method, Base};
+use super::finetune::{fact_items, facts_for, load_base, run_method_stream, Base};
+pub use super::probes::{Heldout, Measures, Probes};
+use super::probes::text_and_choice;
 use super::plot::{scatter_with_fronts, PlotSpec, Series};
 use crate::config::{ExperimentConfig, GridRun, MethodKind, Ranking};
-use crate::data::batches::{Batch, BatchList};
 use crate::data::facts::Fact;
 use crate::data::synthetic::Split;
-use crate::eval::qa::{evaluate_batched, sample_items, statement_completion, world_items, QaItem};
+use crate::eval::qa::{evaluate_batched, sample_items, world_items};
 use crate::io::checkpoint::Checkpoint;
-use crate::model::Llama;
 use crate::train::background::build_and_store;
 use crate::train::pretrain::{self, training_stream, CHECKPOINT_DIR, HELDOUT_SEED};
-use crate::train::trainer::heldout_loss;
 use crate::util::stable_hash;
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -95,36 +94,29 @@ pub struct RunResult {
     pub seconds: f64,
     /// Wall seconds of the run's evaluation.
     pub eval_seconds: f64,
-}
-
-/// The measurements of one model state.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Measures {
-    pub retention_em: f64,
-    pub retention_em_stderr: f64,
-    pub heldout_loss: f64,
-    pub new_fact_em: f64,
-    pub new_fact_em_stderr: f64,
-    pub new_fact_statement_em: f64,
-}
-
-/// What every run is measured on.
-pub struct Probes {
-    pub retention: Vec<QaItem>,
-    pub new_facts: Vec<QaItem>,
-    pub facts: Vec<Fact>,
-    pub heldout: Vec<Batch>,
-}
-
-impl Probes {
-    pub fn measure(&self, model: &Llama, base: &Base) -> Result<Measures> {
-        let r = evaluate_batched(model, &base.tokenizer, &self.retention)?.0;
-        let n = evaluate_batched(model, &base.tokenizer, &self.new_facts)?.0;
-        let s = statement_completion(model, &base.tokenizer, &self.facts)?;
-        let mut held = BatchList::new(self.heldout.clone(), 1)?;
-        let hl = heldout_loss(model, &mut held, self.heldout.len())? as f64;
-        Ok(Measures { retention_em: r.em, retention_em_stderr: r.em_stderr, heldout_loss: hl, new_fact_em: n.em, new_fact_em_stderr: n.em_stderr, new_fact_statement_em: s.em })
-    }
+    /// New facts' QA F1 and `contains` at the end of the stream.
+    #[serde(default)]
+    pub new_fact_f1: f64,
+    #[serde(default)]
+    pub new_fact_contains: f64,
+    /// Plasticity: QA exact match and `contains` on each fact right after it was first learned
+    /// (before the next fact), averaged over facts.
+    #[serde(default)]
+    pub plasticity_em: f64,
+    #[serde(default)]
+    pub plasticity_contains: f64,
+    /// Held-out real-text perplexity before and after (real-model benchmarks).
+    #[serde(default)]
+    pub perplexity_before: Option<f64>,
+    #[serde(default)]
+    pub perplexity_after: Option<f64>,
+    /// Multiple-choice accuracy before and after, and its relative drop in percent.
+    #[serde(default)]
+    pub choice_acc_before: Option<f64>,
+    #[serde(default)]
+    pub choice_acc_after: Option<f64>,
+    #[serde(default)]
+    pub choice_drop: Option<f64>,
 }
 
 /// The series a run belongs to (`sparse-memory` ablations get their own).
@@ -171,28 +163,14 @@ pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
     let device = crate::device::open(&cfg.run.device)?;
     let out = out_dir(cfg, quick);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let runs = cfg.forgetting.runs(&cfg.finetune).map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;
+    let runs = if cfg.forgetting.measure_only { vec![] } else { cfg.forgetting.runs(&cfg.finetune).map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))? };
 
-    // 1, 2. Pretrained model and its background index.
-    let base = pretrained_base(cfg, &device)?;
-    let world = base.world.clone().context("the forgetting benchmark needs a model pretrained on the synthetic world (data.source = \"synthetic\")")?;
-    let run_cfg = base.run_cfg.clone().expect("memtune checkpoints carry their config");
-
-    // 3. Probes, and the pretrained model's measures.
-    let facts = facts_for(&cfg.finetune, Some(&world))?;
-    let probes = Probes {
-        retention: sample_items(world_items(&world, Split::BioOnly), cfg.forgetting.retention_questions, cfg.train.seed),
-        new_facts: fact_items(&facts, cfg.forgetting.questions_per_fact),
-        facts: facts.clone(),
-        heldout: {
-            let mut s = training_stream(&run_cfg, Some(&world), &base.tokenizer, run_cfg.train.seed ^ HELDOUT_SEED, None)?;
-            (0..cfg.forgetting.heldout_batches).map(|_| s.next_batch()).collect::<Result<Vec<_>>>()?
-        },
-    };
+    // 1, 2, 3. The model with its background index, the facts and the probes.
+    let (base, facts, probes, notes) = if cfg.forgetting.model.is_empty() { world_setup(cfg, &device)? } else { model_setup(cfg, &device)? };
     let t0 = std::time::Instant::now();
     let before = probes.measure(&base.model, &base)?;
     tracing::info!(
-        "pretrained model: bio-only QA EM {:.3} ± {:.3} ({} questions), held-out loss {:.4}, new-fact QA EM {:.3} ({:.0} s)",
+        "base model: retention QA EM {:.3} ± {:.3} ({} questions), held-out loss {:.4}, new-fact QA EM {:.3} ({:.0} s)",
         before.retention_em,
         before.retention_em_stderr,
         probes.retention.len(),
@@ -201,7 +179,7 @@ pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
         t0.elapsed().as_secs_f64()
     );
     crate::io::atomic::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let pre = Pretrained { measures: before.clone(), retention_questions: probes.retention.len(), new_fact_questions: probes.new_facts.len(), facts: facts.len() };
+    let pre = Pretrained { measures: before.clone(), retention_questions: probes.retention.len(), new_fact_questions: probes.new_facts.len(), facts: facts.len(), notes };
     crate::io::atomic::write_atomic(&out.join(PRETRAINED_FILE), serde_json::to_string_pretty(&pre)?.as_bytes())?;
 
     // 4. The grid.
@@ -212,7 +190,19 @@ pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
     for (i, run) in runs.iter().enumerate() {
         let label = format!("{} {}", variant(run), point_label(&run.point));
         bar.set_message(label.clone());
-        let (tuned, outcome) = run_method(&base, &run.finetune, &facts, |s, total| bar.set_message(format!("{label} step {}/{total}", s.step)))?;
+        let (mut plastic_em, mut plastic_contains) = (vec![], vec![]);
+        let (tuned, outcome) = run_method_stream(
+            &base,
+            &run.finetune,
+            &facts,
+            |s, total| bar.set_message(format!("{label} step {}/{total}", s.step)),
+            |i, model| {
+                let q = evaluate_batched(model, &base.tokenizer, &fact_items(&facts[i..=i], cfg.forgetting.questions_per_fact))?.0;
+                plastic_em.push(q.em);
+                plastic_contains.push(q.contains);
+                Ok(())
+            },
+        )?;
         let t1 = std::time::Instant::now();
         let after = probes.measure(&tuned.model, &base)?;
         drop(tuned);
@@ -234,14 +224,24 @@ pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
             steps: outcome.steps,
             seconds: outcome.seconds,
             eval_seconds: t1.elapsed().as_secs_f64(),
+            new_fact_f1: after.new_fact_f1,
+            new_fact_contains: after.new_fact_contains,
+            plasticity_em: mean(&plastic_em),
+            plasticity_contains: mean(&plastic_contains),
+            perplexity_before: before.heldout_perplexity,
+            perplexity_after: after.heldout_perplexity,
+            choice_acc_before: before.choice_acc,
+            choice_acc_after: after.choice_acc,
+            choice_drop: before.choice_acc.zip(after.choice_acc).map(|(b, a)| relative_drop(b, a)),
         };
         writeln!(file, "{}", serde_json::to_string(&r)?)?;
         file.flush()?;
         tracing::info!(
-            "run {}/{}: {label}: new-fact EM {:.3}, retention {:.3} -> {:.3} ({:+.1}%), held-out loss {:.4} -> {:.4}",
+            "run {}/{}: {label}: new-fact EM {:.3} (right after each fact {:.3}), retention {:.3} -> {:.3} ({:+.1}%), held-out loss {:.4} -> {:.4}",
             i + 1,
             runs.len(),
             r.new_fact_em,
+            r.plasticity_em,
             r.retention_em_before,
             r.retention_em_after,
             -r.retention_drop,
@@ -256,6 +256,120 @@ pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
     // 5. Table and plot.
     let (summary, table) = write_report(&out, &results, &pre, cfg.forgetting.match_tolerance, Some(t_start.elapsed().as_secs_f64()))?;
     Ok(ForgettingOutcome { out, results, before, summary, table })
+}
+
+/// What a benchmark runs on: the base model, the facts it learns, the probes, and notes on the
+/// setup for the report.
+type Setup = (Base, Vec<Fact>, Probes, Vec<String>);
+
+/// The synthetic world's benchmark: the model pretrained on it, the world's new people as facts,
+/// its bio-only people's QA as retention and its held-out stream (plus any `[forgetting.probes]`
+/// multiple-choice task).
+fn world_setup(cfg: &ExperimentConfig, device: &Device) -> Result<Setup> {
+    let base = pretrained_base(cfg, device)?;
+    let world = base.world.clone().context("the forgetting benchmark needs a model pretrained on the synthetic world (data.source = \"synthetic\")")?;
+    let run_cfg = base.run_cfg.clone().expect("memtune checkpoints carry their config");
+    let facts = facts_for(&cfg.finetune, Some(&world))?;
+    let (text, choice) = text_and_choice(&cfg.forgetting.probes, &base, cfg.train.seed)?;
+    let heldout = match text {
+        Some(docs) => Heldout::Text(docs),
+        None => {
+            let mut s = training_stream(&run_cfg, Some(&world), &base.tokenizer, run_cfg.train.seed ^ HELDOUT_SEED, None)?;
+            Heldout::Batches((0..cfg.forgetting.heldout_batches).map(|_| s.next_batch()).collect::<Result<Vec<_>>>()?)
+        }
+    };
+    let probes = Probes {
+        retention: sample_items(world_items(&world, Split::BioOnly), cfg.forgetting.retention_questions, cfg.train.seed),
+        retention_contains: false,
+        retention_prompt: crate::config::PromptStyle::Qa,
+        new_facts: fact_items(&facts, cfg.forgetting.questions_per_fact),
+        facts: facts.clone(),
+        heldout,
+        choice,
+    };
+    Ok((base, facts, probes, vec![]))
+}
+
+/// A given model folder (`forgetting.model`) and facts file (`finetune.facts_file`): the facts the
+/// base model does not know, its known facts, held-out text and multiple-choice probes
+/// (`[forgetting.probes]`). Nothing is written into the model folder: a missing background index
+/// is built in memory.
+fn model_setup(cfg: &ExperimentConfig, device: &Device) -> Result<Setup> {
+    let f = &cfg.forgetting;
+    let p = &f.probes;
+    anyhow::ensure!(!cfg.finetune.facts_file.is_empty(), "a benchmark on --model needs a facts file: --facts FILE (finetune.facts_file)");
+    anyhow::ensure!(!p.known_facts_file.is_empty(), "a benchmark on --model needs forgetting.probes.known_facts_file (closed-book QA JSONL; the questions the base answers are its known facts)");
+    anyhow::ensure!(!p.text_files.is_empty(), "a benchmark on --model needs forgetting.probes.text_files (held-out real text for perplexity)");
+    let facts_path = Path::new(&cfg.finetune.facts_file);
+    let all = crate::data::facts::read_facts_jsonl(facts_path, 0)?;
+    check_questions(facts_path, &all)?;
+    let mut base = load_base(Path::new(&f.model), device).with_context(|| format!("forgetting.model = {:?}", f.model))?;
+    let has_memory = base.model_cfg.memory.as_ref().is_some_and(|m| !m.layers.is_empty());
+    if f.methods.contains(&MethodKind::SparseMemory) && !has_memory && !f.measure_only {
+        anyhow::bail!(
+            "{} has no memory layer, so sparse memory finetuning cannot run on it; retrofit one first: `memtune pretrain --config configs/smollm2-retrofit.toml --set init.model=\"{}\"` (README, \"Memory retrofit\"), or drop sparse-memory from forgetting.methods",
+            base.dir.display(),
+            f.model
+        );
+    }
+    let mut notes = vec![];
+    if has_memory && base.background.as_ref().map(|b| b.batches) != Some(cfg.background.batches as u64) {
+        base.background = Some(background_in_memory(&base, cfg)?);
+        notes.push(format!("background index: {} batches, built in memory (the model folder has none of that size)", cfg.background.batches));
+    }
+    let t0 = std::time::Instant::now();
+    let (facts, dropped) = super::probes::unknown_facts(&base.model, &base, all)?;
+    let total = facts.len() + dropped;
+    let facts: Vec<Fact> = if cfg.finetune.facts > 0 { facts.into_iter().take(cfg.finetune.facts).collect() } else { facts };
+    anyhow::ensure!(!facts.is_empty(), "{}: the base model already answers every fact's question ({total} facts); nothing is left to learn", facts_path.display());
+    notes.push(format!("facts: {} of {} in {}, after dropping {} the base model already answers (`contains`)", facts.len(), total, facts_path.display(), dropped));
+    let (known, asked) = super::probes::known_facts(&base.model, &base, p, cfg.train.seed)?;
+    notes.push(format!("known facts: {} of {} questions of {} answered by the base model (`contains`; retention is scored the same way)", known.len(), asked, p.known_facts_file));
+    if known.is_empty() {
+        tracing::warn!("the base model answers none of the {asked} questions of {}: the known-facts probe is empty", p.known_facts_file);
+    }
+    let (text, choice) = text_and_choice(p, &base, cfg.train.seed)?;
+    let text = text.expect("text_files checked above");
+    notes.push(format!("held-out text: {} documents, {} tokens of {:?}", text.len(), text.iter().map(|d| d.len()).sum::<usize>(), p.text_files));
+    if !choice.is_empty() {
+        notes.push(format!("multiple choice: {} examples of {}", choice.len(), p.choice_file));
+    }
+    tracing::info!("setup ({:.0} s): {}", t0.elapsed().as_secs_f64(), notes.join("; "));
+    let probes = Probes { retention: known, retention_contains: true, retention_prompt: p.known_facts_prompt, new_facts: fact_items(&facts, f.questions_per_fact), facts: facts.clone(), heldout: Heldout::Text(text), choice };
+    Ok((base, facts, probes, notes))
+}
+
+/// Every fact must have a question, and one whose wording is in none of its statements (learning
+/// is measured on wording the model was not trained on).
+fn check_questions(path: &Path, facts: &[Fact]) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read facts file {}", path.display()))?;
+    let lines: Vec<usize> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, _)| i + 1).collect();
+    let norm = |s: &str| crate::eval::metrics::normalize_answer(s);
+    for (f, line) in facts.iter().zip(lines) {
+        anyhow::ensure!(!f.questions.is_empty(), "{}:{line}: fact `{}` has no \"question\" (the benchmark measures learning by closed-book QA)", path.display(), f.subject);
+        let held_out = f.questions.iter().any(|q| !f.statements.iter().any(|s| norm(s).contains(&norm(&q.question))));
+        anyhow::ensure!(held_out, "{}:{line}: every question of fact `{}` appears word for word in one of its statements; give at least one question in wording it is not trained on", path.display(), f.subject);
+    }
+    Ok(())
+}
+
+/// The background index of `base` over `[background]` batches of its own training data (the
+/// run config in the checkpoint), built without writing anything.
+fn background_in_memory(base: &Base, cfg: &ExperimentConfig) -> Result<crate::train::tfidf::BackgroundIndex> {
+    let mut rc = base.run_cfg.clone().context("the model folder has no memtune run config, so its background data is unknown: run `memtune background --model DIR --config CONFIG`")?;
+    rc.train.batch_size = cfg.background.batch_size;
+    if cfg.background.seq_len > 0 {
+        rc.train.seq_len = cfg.background.seq_len;
+    }
+    let mut source = training_stream(&rc, base.world.as_ref(), &base.tokenizer, rc.train.seed ^ crate::train::background::BACKGROUND_SEED, None)?;
+    let bar = crate::util::progress_bar("background", cfg.background.batches);
+    let ix = crate::train::tfidf::BackgroundIndex::build(&base.model, source.as_mut(), cfg.background.batches, |b| bar.set_position(b as u64))?;
+    bar.finish_and_clear();
+    Ok(ix)
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    crate::eval::metrics::mean_stderr(xs).0
 }
 
 /// The model of `cfg` pretrained on its data into `pretrain_dir(cfg)`, or the finished run found
@@ -292,6 +406,9 @@ pub struct Pretrained {
     pub retention_questions: usize,
     pub new_fact_questions: usize,
     pub facts: usize,
+    /// What the setup measured (known facts found, facts dropped as already known, ...).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 pub const PRETRAINED_FILE: &str = "pretrained.json";
@@ -392,8 +509,9 @@ fn compact(v: &serde_json::Value) -> String {
 pub fn render_markdown(results: &[RunResult], pre: &Pretrained, s: &Summary, seconds: Option<f64>) -> String {
     let before = &pre.measures;
     let mut md = String::new();
+    let probe = if pre.notes.is_empty() { "exact match on held-out pretraining-world facts (bio-only people" } else { "`contains` on the base model's known facts (closed-book questions it answered" };
     md += &format!(
-        "## Learning vs forgetting: {} new facts\n\nPretrained model: closed-book QA exact match on held-out pretraining-world facts (bio-only people, {} questions) **{:.1}%** ± {:.1}; held-out loss {:.4}; new-fact QA before learning {:.1}% ({} questions).\n\n",
+        "## Learning vs forgetting: {} new facts\n\nBase model: closed-book QA {probe}, {} questions) **{:.1}%** ± {:.1}; held-out loss {:.4}; new-fact QA before learning {:.1}% ({} questions).\n\n",
         pre.facts,
         pre.retention_questions,
         100.0 * before.retention_em,
@@ -402,6 +520,16 @@ pub fn render_markdown(results: &[RunResult], pre: &Pretrained, s: &Summary, sec
         100.0 * before.new_fact_em,
         pre.new_fact_questions
     );
+    if let (Some(p), Some(se)) = (before.heldout_perplexity, before.heldout_perplexity_stderr) {
+        md += &format!("Held-out text perplexity: {p:.3} ± {se:.3}.\n");
+    }
+    if let (Some(a), Some(se), Some(c)) = (before.choice_acc, before.choice_acc_stderr, before.choice_chance) {
+        md += &format!("Multiple choice (log-likelihood): {:.1}% ± {:.1} (chance {:.1}%).\n", 100.0 * a, 100.0 * se, 100.0 * c);
+    }
+    for n in &pre.notes {
+        md += &format!("- {n}\n");
+    }
+    md += "\n";
     md += &format!(
         "Best run per method at matched learning (new-fact EM ≥ {:.1}% − {:.0} points: the highest level every method reaches), the least retention drop among those:\n\n",
         100.0 * s.matched_em,
@@ -434,6 +562,7 @@ pub fn render_markdown(results: &[RunResult], pre: &Pretrained, s: &Summary, sec
         }
     }
     md += "\n";
+    md += &probe_table(results, s);
     let pairs = baseline_pairs(results, s.tolerance);
     if !pairs.is_empty() {
         md += &format!(
@@ -458,14 +587,15 @@ pub fn render_markdown(results: &[RunResult], pre: &Pretrained, s: &Summary, sec
         md += "\n";
     }
     md += &claims(results, s, before, &pairs);
-    md += "\nAll runs:\n\n| method | grid | new-fact QA EM | statement EM | retention after | retention drop | held-out loss after | steps | seconds |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    md += "\nAll runs:\n\n| method | grid | new-fact QA EM | right after each fact | statement EM | retention after | retention drop | held-out loss after | steps | seconds |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in results {
         md += &format!(
-            "| {} | {} | {:.1}% ± {:.1} | {:.1}% | {:.1}% | {:.1}% | {:.4} | {} | {:.1} |\n",
+            "| {} | {} | {:.1}% ± {:.1} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.4} | {} | {:.1} |\n",
             r.variant,
             compact(&r.grid),
             100.0 * r.new_fact_em,
             100.0 * r.new_fact_em_stderr,
+            100.0 * r.plasticity_em,
             100.0 * r.new_fact_statement_em,
             100.0 * r.retention_em_after,
             r.retention_drop,
@@ -478,6 +608,32 @@ pub fn render_markdown(results: &[RunResult], pre: &Pretrained, s: &Summary, sec
         md += &format!("\nBenchmark wall time: {t:.0} s.\n");
     }
     md
+}
+
+/// Learning and every retention probe of each series' best run at matched learning.
+fn probe_table(results: &[RunResult], s: &Summary) -> String {
+    let pct = |x: Option<f64>| x.map(|v| format!("{:.1}%", 100.0 * v)).unwrap_or_else(|| "–".into());
+    let mut md = String::from("Learning and retention of those runs (new facts: at the end of the stream and right after each fact; retention: every probe, relative drop):\n\n| method | new-fact EM | F1 | contains | right after each fact EM / contains | known-fact or held-out QA drop | held-out perplexity before → after | multiple choice before → after (drop) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (series, pick) in &s.best {
+        let Some(r) = pick.map(|i| &results[i]) else { continue };
+        let ppl = match (r.perplexity_before, r.perplexity_after) {
+            (Some(b), Some(a)) => format!("{b:.3} → {a:.3} ({:+.1}%)", 100.0 * (a - b) / b),
+            _ => format!("loss {:.4} → {:.4}", r.heldout_loss_before, r.heldout_loss_after),
+        };
+        md += &format!(
+            "| {series} | {:.1}% | {:.1}% | {:.1}% | {:.1}% / {:.1}% | {:.1}% | {ppl} | {} → {} ({}) |\n",
+            100.0 * r.new_fact_em,
+            100.0 * r.new_fact_f1,
+            100.0 * r.new_fact_contains,
+            100.0 * r.plasticity_em,
+            100.0 * r.plasticity_contains,
+            r.retention_drop,
+            pct(r.choice_acc_before),
+            pct(r.choice_acc_after),
+            r.choice_drop.map(|d| format!("{d:.1}%")).unwrap_or_else(|| "–".into()),
+        );
+    }
+    md + "\n"
 }
 
 /// A baseline's (full, lora) best-learning run and the sparse-memory run it is compared with.
@@ -515,7 +671,7 @@ pub fn baseline_pairs(results: &[RunResult], tolerance: f64) -> Vec<BaselinePair
 fn claims(results: &[RunResult], s: &Summary, before: &Measures, pairs: &[BaselinePair]) -> String {
     let mut out = String::from("Claims:\n\n");
     let yes = |b: bool| if b { "yes" } else { "**no**" };
-    out += &format!("- pretrained model answers held-out pretraining-world QA with ≥ 50% EM: {} ({:.1}%)\n", yes(before.retention_em >= 0.5), 100.0 * before.retention_em);
+    out += &format!("- the base model answers its retention questions with ≥ 50% EM: {} ({:.1}%)\n", yes(before.retention_em >= 0.5), 100.0 * before.retention_em);
     let max = |v: &str| s.max_em.iter().find(|x| x.0 == v).map(|x| x.1);
     let Some(smf) = max("sparse-memory") else {
         return out;
@@ -543,6 +699,10 @@ fn claims(results: &[RunResult], s: &Summary, before: &Measures, pairs: &[Baseli
             }
             None => out += &format!("- at the learning level of {}'s best run: no sparse-memory run learned as much\n", b.variant),
         }
+    }
+    if let Some(r) = s.best.iter().find(|(v, _)| v == "sparse-memory").and_then(|(_, i)| i.map(|i| &results[i])) {
+        let kept = if r.retention_em_before > 0.0 { r.retention_em_after / r.retention_em_before } else { 1.0 };
+        out += &format!("- sparse-memory at matched learning keeps ≥ 95% of the base model's retention QA: {} ({:.1}%)\n", yes(kept >= 0.95), 100.0 * kept);
     }
     out
 }
@@ -588,6 +748,15 @@ mod tests {
             steps: 10,
             seconds: 1.0,
             eval_seconds: 1.0,
+            new_fact_f1: em,
+            new_fact_contains: em,
+            plasticity_em: em,
+            plasticity_contains: em,
+            perplexity_before: None,
+            perplexity_after: None,
+            choice_acc_before: None,
+            choice_acc_after: None,
+            choice_drop: None,
         }
     }
 
@@ -605,8 +774,8 @@ mod tests {
         let s = summarize(&rs, 0.05);
         assert!((s.matched_em - 0.30).abs() < 1e-12, "min over main methods of their max");
         assert_eq!(s.best, vec![("sparse-memory".into(), Some(0)), ("lora".into(), Some(3)), ("full".into(), Some(5)), ("sparse-memory (tf)".into(), Some(6))]);
-        let before = Measures { retention_em: 0.8, retention_em_stderr: 0.0, heldout_loss: 1.0, new_fact_em: 0.0, new_fact_em_stderr: 0.0, new_fact_statement_em: 0.0 };
-        let pre = Pretrained { measures: before, retention_questions: 10, new_fact_questions: 40, facts: 10 };
+        let before: Measures = serde_json::from_value(serde_json::json!({"retention_em": 0.8, "retention_em_stderr": 0.0, "heldout_loss": 1.0, "new_fact_em": 0.0, "new_fact_em_stderr": 0.0, "new_fact_statement_em": 0.0})).unwrap();
+        let pre = Pretrained { measures: before, retention_questions: 10, new_fact_questions: 40, facts: 10, notes: vec![] };
         let md = render_markdown(&rs, &pre, &s, Some(1.0));
         assert!(md.contains("| sparse-memory | lr=1.0 | 30.0% |"), "{md}");
         // full's best (35%) vs the least-drop sparse-memory run with EM ≥ 30%: 5% vs 40%.

@@ -9,4 +9,5 @@ pub mod machine;
 pub mod matmul;
 pub mod memory;
 pub mod plot;
+pub mod probes;
 pub mod step;

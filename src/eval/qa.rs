@@ -1,7 +1,7 @@
-//! Closed-book question answering: greedy answers scored by exact match and token F1.
+//! Closed-book question answering: greedy answers scored by exact match, token F1 and `contains`.
 
 use super::generate::{generate, GenerateOptions};
-use super::metrics::{exact_match, mean_stderr, token_f1};
+use super::metrics::{contains_answer, exact_match, mean_stderr, token_f1};
 use crate::config::ExperimentConfig;
 use crate::data::synthetic::{qa_prompt, Split, World};
 use crate::data::tokenizer::Tokenizer;
@@ -20,6 +20,11 @@ pub struct QaReport {
     pub em: f64,
     pub em_stderr: f64,
     pub f1: f64,
+    pub f1_stderr: f64,
+    /// A gold answer occurs in the prediction as whole words (lenient: a model that answers in a
+    /// sentence still scores).
+    pub contains: f64,
+    pub contains_stderr: f64,
 }
 
 /// Longest answer the evaluator generates, in tokens.
@@ -45,23 +50,17 @@ pub fn sample_items(mut items: Vec<QaItem>, n: usize, seed: u64) -> Vec<QaItem> 
     items
 }
 
-/// Ask every item closed-book (prompt = `qa_prompt(question)`), score EM and F1.
+/// Ask every item closed-book (prompt = `qa_prompt(question)`), score EM, F1 and `contains`.
 pub fn evaluate(model: &Llama, tok: &Tokenizer, items: &[QaItem]) -> Result<(QaReport, Vec<String>)> {
-    let mut ems = Vec::with_capacity(items.len());
-    let mut f1s = Vec::with_capacity(items.len());
     let mut preds = Vec::with_capacity(items.len());
     let bar = crate::util::progress_bar("eval", items.len());
     for it in items {
         bar.inc(1);
-        let p = answer(model, tok, &qa_prompt(&it.question))?;
-        ems.push(exact_match(&p, &it.answers));
-        f1s.push(token_f1(&p, &it.answers));
-        preds.push(p);
+        preds.push(answer(model, tok, &qa_prompt(&it.question))?);
     }
     bar.finish_and_clear();
-    let (em, em_stderr) = mean_stderr(&ems);
-    let (f1, _) = mean_stderr(&f1s);
-    Ok((QaReport { n: items.len(), em, em_stderr, f1 }, preds))
+    let golds: Vec<&[String]> = items.iter().map(|it| it.answers.as_slice()).collect();
+    Ok((score(&preds, &golds), preds))
 }
 
 /// Prompts per decoded batch in [`evaluate_batched`].
@@ -77,13 +76,13 @@ pub fn evaluate_batched(model: &Llama, tok: &Tokenizer, items: &[QaItem]) -> Res
     Ok((score(&preds, &golds), preds))
 }
 
-/// EM and F1 of predictions against gold answer lists.
+/// EM, F1 and `contains` of predictions against gold answer lists.
 pub fn score(preds: &[String], golds: &[&[String]]) -> QaReport {
-    let ems: Vec<f64> = preds.iter().zip(golds).map(|(p, g)| exact_match(p, g)).collect();
-    let f1s: Vec<f64> = preds.iter().zip(golds).map(|(p, g)| token_f1(p, g)).collect();
-    let (em, em_stderr) = mean_stderr(&ems);
-    let (f1, _) = mean_stderr(&f1s);
-    QaReport { n: preds.len(), em, em_stderr, f1 }
+    let per = |f: fn(&str, &[String]) -> f64| -> (f64, f64) { mean_stderr(&preds.iter().zip(golds).map(|(p, g)| f(p, g)).collect::<Vec<_>>()) };
+    let (em, em_stderr) = per(|p, g| exact_match(p, g));
+    let (f1, f1_stderr) = per(|p, g| token_f1(p, g));
+    let (contains, contains_stderr) = per(|p, g| contains_answer(p, g));
+    QaReport { n: preds.len(), em, em_stderr, f1, f1_stderr, contains, contains_stderr }
 }
 
 /// Greedy continuations (at most `MAX_ANSWER_TOKENS`, cut at end of text and the first newline,

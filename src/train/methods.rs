@@ -10,7 +10,8 @@
 //! | `full` | every dense weight trainable | AdamW | lazy AdamW (when the model has memory) |
 //!
 //! Facts are learned one after another: each fact's batch is trained on `steps_per_fact` times,
-//! at a constant learning rate, before the next (DESIGN.md §4b).
+//! at a constant learning rate, before the next (DESIGN.md §4b); `epochs` and `replay` (a
+//! [`Stream`]) revisit the stream.
 
 use super::optim::{default_groups, AdamW, AdamWParams, Optimizer};
 use super::sparse_values::{LazyAdamW, SparseSgd, ValueUpdate};
@@ -39,7 +40,35 @@ pub struct Prepared {
     pub values: Option<Box<dyn ValueUpdate>>,
     /// The loop's settings: constant lr, no warmup, the method's clipping.
     pub train: TrainConfig,
+    pub stream: Stream,
+}
+
+/// How the stream of facts is presented: `epochs` passes over it; in each, every fact's batch
+/// gets `steps_per_fact` steps, then `replay` earlier facts (drawn with `seed`) get as many.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stream {
     pub steps_per_fact: usize,
+    pub epochs: usize,
+    pub replay: usize,
+    pub seed: u64,
+}
+
+impl Stream {
+    /// The facts in the order they are trained on, each marked `true` at its first appearance.
+    pub fn schedule(&self, n_facts: usize) -> Vec<(usize, bool)> {
+        use rand::Rng;
+        let mut rng = crate::util::rng_for(self.seed, "replay");
+        let mut out = vec![];
+        for epoch in 0..self.epochs {
+            for i in 0..n_facts {
+                out.push((i, epoch == 0));
+                if i > 0 {
+                    out.extend((0..self.replay).map(|_| (rng.random_range(0..i), false)));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Build `ft.method` over a copy of `base` (the weights of a model of config `cfg`). Sparse memory
@@ -70,7 +99,7 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
             let select = TfIdfSelect::new(sm.ranking, sm.top_t.0, index, ft.seed)?;
             let optimizer = Box::new(AdamW::new(&store, vec![], hp)?);
             let values: Box<dyn ValueUpdate> = Box::new(SparseSgd::with_selector(sm.lr, Box::new(select)));
-            Prepared { method: ft.method, store, model, trainable: vec![], optimizer, values: Some(values), train: train(sm.lr, sm.grad_clip), steps_per_fact: sm.steps_per_fact }
+            Prepared { method: ft.method, store, model, trainable: vec![], optimizer, values: Some(values), train: train(sm.lr, sm.grad_clip), stream: Stream { steps_per_fact: sm.steps_per_fact, epochs: sm.epochs, replay: sm.replay, seed: ft.seed } }
         }
         MethodKind::Lora => {
             let lo = &ft.lora;
@@ -81,7 +110,7 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
                 bail!("LoRA: no linear layer matches finetune.lora.targets = {:?}", lo.targets);
             }
             let optimizer = Box::new(AdamW::new(&store, default_groups(&store, &names, lo.weight_decay), hp)?);
-            Prepared { method: ft.method, store, model, trainable: names, optimizer, values: None, train: train(lo.lr, lo.grad_clip), steps_per_fact: lo.steps_per_fact }
+            Prepared { method: ft.method, store, model, trainable: names, optimizer, values: None, train: train(lo.lr, lo.grad_clip), stream: Stream { steps_per_fact: lo.steps_per_fact, epochs: lo.epochs, replay: lo.replay, seed: ft.seed } }
         }
         MethodKind::Full => {
             let fu = &ft.full;
@@ -92,7 +121,7 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
                 let rowwise = m.value_optimizer.resolve(m.n_slots()) == ValueOptimizerKind::AdamwRowwise;
                 Box::new(LazyAdamW::new(m.n_slots(), m.v_dim, fu.value_lr.unwrap_or(fu.lr), hp, 0.0, rowwise)) as Box<dyn ValueUpdate>
             });
-            Prepared { method: ft.method, store, model, trainable: names, optimizer, values, train: train(fu.lr, fu.grad_clip), steps_per_fact: fu.steps_per_fact }
+            Prepared { method: ft.method, store, model, trainable: names, optimizer, values, train: train(fu.lr, fu.grad_clip), stream: Stream { steps_per_fact: fu.steps_per_fact, epochs: fu.epochs, replay: fu.replay, seed: ft.seed } }
         }
     })
 }
@@ -118,28 +147,47 @@ pub struct Finetuned {
 
 /// Learn the facts' batches in order, each `steps_per_fact` times, with the one training loop.
 /// `on_step` sees every step's stats. The optimiser state is dropped at the end.
-pub fn finetune(p: Prepared, facts: Vec<Batch>, mut on_step: impl FnMut(&StepStats)) -> Result<(Finetuned, FinetuneOutcome)> {
-    let n_facts = facts.len();
-    let k = p.steps_per_fact;
-    let steps = n_facts * k;
-    let mut source = BatchList::new(facts, k)?;
+pub fn finetune(p: Prepared, facts: Vec<Batch>, on_step: impl FnMut(&StepStats)) -> Result<(Finetuned, FinetuneOutcome)> {
+    finetune_stream(p, facts, on_step, |_, _| Ok(()))
+}
+
+/// As [`finetune`], over the method's whole [`Stream`] (epochs, replay); `after_first(i, model)`
+/// runs right after fact i's own steps at its first appearance (to measure plasticity).
+pub fn finetune_stream(
+    p: Prepared,
+    facts: Vec<Batch>,
+    mut on_step: impl FnMut(&StepStats),
+    mut after_first: impl FnMut(usize, &Llama) -> Result<()>,
+) -> Result<(Finetuned, FinetuneOutcome)> {
+    let k = p.stream.steps_per_fact;
+    let schedule = p.stream.schedule(facts.len());
+    let steps = schedule.len() * k;
     let Prepared { method, model, store, trainable, optimizer, values, train, .. } = p;
     let cfg = TrainConfig { steps, ..train };
     let mut trainer = Trainer { model: &model, store: &store, trainable, optimizer, values, cfg };
     let t0 = std::time::Instant::now();
-    let (mut first, mut last) = (0.0f64, 0.0f64);
-    for s in 0..steps {
-        let st = trainer.step(&mut source, s)?;
-        if s % k == 0 {
-            first += st.loss as f64;
+    let (mut first, mut last, mut n_first) = (0.0f64, 0.0f64, 0usize);
+    let mut s = 0;
+    for &(i, is_first) in &schedule {
+        let mut source = BatchList::new(vec![facts[i].clone()], k)?;
+        for j in 0..k {
+            let st = trainer.step(&mut source, s)?;
+            s += 1;
+            if is_first && j == 0 {
+                first += st.loss as f64;
+            }
+            if is_first && j == k - 1 {
+                last += st.loss as f64;
+            }
+            on_step(&st);
         }
-        if s % k == k - 1 {
-            last += st.loss as f64;
+        if is_first {
+            n_first += 1;
+            after_first(i, &model)?;
         }
-        on_step(&st);
     }
     drop(trainer);
-    let n = n_facts.max(1) as f64;
+    let n = n_first.max(1) as f64;
     let outcome = FinetuneOutcome { steps, seconds: t0.elapsed().as_secs_f64(), mean_first_loss: (first / n) as f32, mean_last_loss: (last / n) as f32 };
     Ok((Finetuned { method, store, model }, outcome))
 }
