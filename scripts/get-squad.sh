@@ -19,9 +19,10 @@
 #                              "The country of 1755 Lisbon earthquake is" -> "Portugal"), one
 #                              {"question": prompt, "answers"} per line: the known-facts probe of a
 #                              small model, asked as completions (forgetting.probes.known_facts_prompt)
-#   data/bigbench/social_iqa.json
-#                              BIG-bench's social_iqa task (1,954 three-way multiple-choice
-#                              questions), a retention probe scored by log-likelihood
+#   data/bigbench/social_iqa.json, data/bigbench/discourse_marker_prediction.json
+#                              BIG-bench multiple-choice tasks (1,954 three-way social questions;
+#                              857 ten-way choices of a sentence's discourse marker), retention
+#                              probes scored by log-likelihood
 #
 #   scripts/get-squad.sh [OUT_DIR]     (default: data; git-ignored)
 #   BIGBENCH_SDIST=path/to/bigbench-1.0.0.tar.gz scripts/get-squad.sh   (no download)
@@ -36,6 +37,7 @@ nq_member=$tasks/contextual_parametric_knowledge_conflicts/task.json
 nyt_member=$tasks/squad_shifts/nyt_v1.0.json
 wiki_member=$tasks/squad_shifts/new_wiki_v1.0.json
 siqa_member=$tasks/social_iqa/task.json
+dmp_member=$tasks/discourse_marker_prediction/task.json
 wikidata_member=$tasks/qa_wikidata/task.json
 
 tmp=$(mktemp -d)
@@ -54,10 +56,12 @@ print(urls[0])')
   curl -fL --retry 3 -o "$sdist" "$url"
 fi
 
-tar -xzf "$sdist" -C "$tmp" "$squad_member" "$nq_member" "$nyt_member" "$wiki_member" "$siqa_member" "$wikidata_member"
+tar -xzf "$sdist" -C "$tmp" "$squad_member" "$nq_member" "$nyt_member" "$wiki_member" "$siqa_member" "$dmp_member" "$wikidata_member"
 mkdir -p "$out/squad" "$out/text" "$out/bigbench"
 cp "$tmp/$siqa_member" "$out/bigbench/social_iqa.json.tmp"
 mv "$out/bigbench/social_iqa.json.tmp" "$out/bigbench/social_iqa.json"
+cp "$tmp/$dmp_member" "$out/bigbench/discourse_marker_prediction.json.tmp"
+mv "$out/bigbench/discourse_marker_prediction.json.tmp" "$out/bigbench/discourse_marker_prediction.json"
 python3 - "$tmp/$wikidata_member" "$out/qa-wikidata.jsonl" <<'PY'
 import json, os, sys
 src, dst = sys.argv[1:]
