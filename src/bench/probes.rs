@@ -12,7 +12,7 @@ use crate::data::facts::Fact;
 use crate::eval::choice::{evaluate_choices, read_bigbench, ChoiceItem};
 use crate::eval::metrics::contains_answer;
 use crate::eval::perplexity::{perplexity, read_heldout};
-use crate::eval::qa::{evaluate_batched, greedy_answers, read_jsonl, sample_items, score, statement_completion, QaItem, QaReport};
+use crate::eval::qa::{evaluate_batched, evaluate_prompts, greedy_answers, read_jsonl, sample_items, statement_completion, QaItem, QaReport};
 use crate::data::synthetic::qa_prompt;
 use crate::model::Llama;
 use crate::train::trainer::heldout_loss;
@@ -111,13 +111,11 @@ impl Probes {
 
 /// Closed-book answers to `items` asked in `style`, scored.
 pub fn ask(model: &Llama, base: &Base, items: &[QaItem], style: PromptStyle) -> Result<(QaReport, Vec<String>)> {
-    if style == PromptStyle::Qa {
-        return evaluate_batched(model, &base.tokenizer, items);
-    }
-    let prompts: Vec<String> = items.iter().map(|it| it.question.clone()).collect();
-    let preds = greedy_answers(model, &base.tokenizer, &prompts)?;
-    let golds: Vec<&[String]> = items.iter().map(|it| it.answers.as_slice()).collect();
-    Ok((score(&preds, &golds), preds))
+    let prompt = |q: &str| match style {
+        PromptStyle::Qa => qa_prompt(q),
+        PromptStyle::Completion => q.to_string(),
+    };
+    evaluate_prompts(model, &base.tokenizer, items, items.iter().map(|it| prompt(&it.question)).collect())
 }
 
 /// The questions of `file` (a seeded sample of `candidates`) that `model` answers right

@@ -70,7 +70,11 @@ pub const QA_BATCH: usize = 64;
 /// (`generate::greedy_batch`): the same greedy answers up to rounding, many times faster.
 /// Predictions come back in `items` order.
 pub fn evaluate_batched(model: &Llama, tok: &Tokenizer, items: &[QaItem]) -> Result<(QaReport, Vec<String>)> {
-    let prompts: Vec<String> = items.iter().map(|it| qa_prompt(&it.question)).collect();
+    evaluate_prompts(model, tok, items, items.iter().map(|it| qa_prompt(&it.question)).collect())
+}
+
+/// As [`evaluate_batched`], with `prompts[i]` (already formatted) asking `items[i]`.
+pub fn evaluate_prompts(model: &Llama, tok: &Tokenizer, items: &[QaItem], prompts: Vec<String>) -> Result<(QaReport, Vec<String>)> {
     let preds = greedy_answers(model, tok, &prompts)?;
     let golds: Vec<&[String]> = items.iter().map(|it| it.answers.as_slice()).collect();
     Ok((score(&preds, &golds), preds))

@@ -176,9 +176,10 @@ impl Attention {
             || (vec![0f32; blk * d.s], vec![0f32; blk * d.s], vec![0f32; blk]),
             |(p, dp, dd), bh| {
                 let (b, h) = (bh / d.hq, bh % d.hq);
-                let ho = ((b * d.s + self.span(b).1) * d.hq + h) * d.dh; // this head in the (B, S, Hq, Dh) buffers
-                let lse = &lse[bh * d.t + self.span(b).2..(bh + 1) * d.t];
-                let (d, k0, q0) = self.span(b);
+                let (span, k0, q0) = self.span(b);
+                let ho = ((b * d.s + k0) * d.hq + h) * d.dh; // this head in the (B, S, Hq, Dh) buffers
+                let lse = &lse[bh * d.t + q0..(bh + 1) * d.t];
+                let d = span;
                 let (qo, kvo) = (self.q_off(b, h) + q0 * qs, self.kv_off(b, h) + k0 * ks);
                 let mut r0 = 0;
                 while r0 < d.t {
