@@ -41,6 +41,11 @@ pub enum InitTrainable {
     /// Only the memory layers (query, keys, W1, W2, gate, values): the pretrained weights stay
     /// bit-identical.
     Memory,
+    /// The memory layers without their addressing: values, W1, W2 and the gate train; the query
+    /// and keys keep their initial (with `query_stats_batches`, standardised) projection, so
+    /// training cannot collapse every token onto a few slots (docs/design.md, "Memory retrofit").
+    #[serde(rename = "memory-values")]
+    MemoryValues,
 }
 
 /// `[init]`: start `memtune pretrain` from a trained model instead of random weights. The
@@ -55,6 +60,11 @@ pub struct InitConfig {
     /// initialisation from `[model]`.
     pub model: String,
     pub trainable: InitTrainable,
+    /// Retrofit: before training, standardise each new memory layer's query projection against
+    /// its input's per-channel mean and std over this many training batches (0: off). A trained
+    /// model's hidden states share a large common direction, so a random query sends nearly every
+    /// token to the same few slots (docs/design.md, "Memory retrofit").
+    pub query_stats_batches: usize,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -116,3 +116,41 @@ fn retrofit_starts_unchanged_trains_only_the_memory_and_finetunes() {
         assert!(outcome.mean_first_loss.is_finite() && outcome.mean_last_loss.is_finite(), "{m:?}");
     }
 }
+
+/// `init.trainable = "memory-values"` with `init.query_stats_batches`: the query projection is
+/// standardised once before training and then, like the keys, never moves; values, W1, W2 and the
+/// gate train; the pretrained weights stay bit-identical.
+#[test]
+fn memory_values_retrofit_standardises_the_query_then_keeps_the_addressing_fixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let base_cfg = common::tiny_config(tmp.path(), &["train.steps=20"]);
+    run(&base_cfg, false).unwrap();
+    let base_dir = tmp.path().join("run");
+    let base = load_model_dir(&base_dir, &dev).unwrap();
+    let world = memtune::data::synthetic::World::generate(&base_cfg.data.world);
+    let corpus = tmp.path().join("corpus.jsonl");
+    let lines: Vec<String> = world.corpus_sample(100, 1).iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let retrofit = |name: &str, steps: usize, stats: usize| {
+        let extra = [format!("train.steps={steps}"), "init.trainable=\"memory-values\"".into(), format!("init.query_stats_batches={stats}")];
+        let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+        let cfg = with_init_model(&retrofit_config(&tmp.path().join(name), &base_dir, &corpus, &extra)).unwrap();
+        run(&cfg, false).unwrap().store.tensors()
+    };
+    let raw = retrofit("raw", 1, 0);
+    let short = retrofit("short", 1, 2);
+    let long = retrofit("long", 10, 2);
+    let (q, k) = ("model.layers.1.memory.query.weight", "model.layers.1.memory.keys");
+    assert_ne!(bits(&raw[q]), bits(&short[q]), "the query was not standardised");
+    for n in [q, "model.layers.1.memory.query.bias", k] {
+        assert_eq!(bits(&short[n]), bits(&long[n]), "{n} trained under memory-values");
+    }
+    assert_eq!(bits(&raw[k]), bits(&long[k]));
+    for n in ["model.layers.1.memory.out.weight", "model.layers.1.memory.gate", VALUES_NAME] {
+        assert_ne!(bits(&short[n]), bits(&long[n]), "{n} did not train");
+    }
+    for (name, t) in base.store.tensors() {
+        assert_eq!(bits(&t), bits(&long[&name]), "{name}: a pretrained weight changed");
+    }
+}

@@ -9,6 +9,7 @@ pub mod optim;
 pub mod schedule;
 pub mod pretrain;
 pub mod progress;
+pub mod retrofit;
 pub mod sparse_values;
 pub mod trainer;
 pub mod tfidf;

@@ -121,6 +121,12 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
         (model, opt, values, ck.meta.step, Some(pos))
     } else {
         let model = init_model(cfg, &store, &device)?;
+        if cfg.init.query_stats_batches > 0 && cfg.model.memory.is_some() {
+            let mut calib = training_stream(cfg, world.as_ref(), &tok, cfg.train.seed ^ QUERY_STATS_SEED, None)?;
+            for s in super::retrofit::standardize_memory_queries(&model, &store, calib.as_mut(), cfg.init.query_stats_batches)? {
+                tracing::info!("memory layer {}: query standardised against its input over {} tokens (channel std max/min {:.0})", s.layer, s.tokens, s.std_ratio);
+            }
+        }
         let opt = make_optimizer(cfg, &store, &trainable_names(cfg, &store))?;
         (model, opt, value_update_from_config(&cfg.model, &cfg.train), 0, None)
     };
@@ -221,16 +227,22 @@ pub fn with_init_model(cfg: &ExperimentConfig) -> Result<ExperimentConfig> {
             out.data.tokenizer = dir.join("tokenizer.json").display().to_string();
         }
     }
-    if cfg.init.trainable == crate::config::InitTrainable::Memory && out.model.memory.as_ref().is_none_or(|m| m.layers.is_empty()) {
-        anyhow::bail!("init.trainable = \"memory\" needs a memory layer (model.memory.layers)");
+    if cfg.init.trainable != crate::config::InitTrainable::All && out.model.memory.as_ref().is_none_or(|m| m.layers.is_empty()) {
+        anyhow::bail!("init.trainable = {} needs a memory layer (model.memory.layers)", toml::Value::try_from(cfg.init.trainable)?);
     }
     Ok(out)
 }
 
-/// Which parameters train: all, or with `init.trainable = "memory"` those of the memory layers.
+/// Which parameters train: all, with `init.trainable = "memory"` those of the memory layers, with
+/// `"memory-values"` those but the query and keys.
 fn trainable_filter(cfg: &ExperimentConfig) -> impl Fn(&str) -> bool + Send + Sync + 'static {
-    let only_memory = cfg.init.trainable == crate::config::InitTrainable::Memory;
-    move |name: &str| !only_memory || is_memory_param(name)
+    use crate::config::InitTrainable;
+    let mode = cfg.init.trainable;
+    move |name: &str| match mode {
+        InitTrainable::All => true,
+        InitTrainable::Memory => is_memory_param(name),
+        InitTrainable::MemoryValues => is_memory_param(name) && !name.contains(".memory.query.") && !name.ends_with(".memory.keys"),
+    }
 }
 
 /// A parameter of a memory layer (`model.layers.N.memory.*`) or the shared value table.
@@ -249,6 +261,8 @@ pub const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// Seed offset of the held-out stream (same distribution, other documents).
 pub const HELDOUT_SEED: u64 = 0x5eed_0fff;
+/// Seed of the batches a retrofit measures its memory query's input statistics on (`init.query_stats_batches`).
+pub const QUERY_STATS_SEED: u64 = 0x5eed_0a11;
 
 /// On resume, drop metric lines of steps after the checkpoint (they will be produced again).
 fn truncate_metrics_after(path: &Path, step: usize) -> Result<()> {
