@@ -45,20 +45,25 @@ fn retrofit_config(dir: &std::path::Path, base: &std::path::Path, corpus: &std::
     ExperimentConfig::from_toml_str(common::TINY, "configs/tiny-test.toml", &sets).unwrap()
 }
 
+/// A trained model without memory (`steps` steps) in `<tmp>/run`, and a text corpus (JSONL) of
+/// `docs` documents from the same world.
+fn base_and_corpus(tmp: &std::path::Path, steps: usize, docs: usize) -> (std::path::PathBuf, memtune::model::pretrained::LoadedModel, memtune::data::synthetic::World, std::path::PathBuf) {
+    let base_cfg = common::tiny_config(tmp, &[&format!("train.steps={steps}")]);
+    run(&base_cfg, false).unwrap();
+    let base_dir = tmp.join("run");
+    let base = load_model_dir(&base_dir, &Device::Cpu).unwrap();
+    let world = memtune::data::synthetic::World::generate(&base_cfg.data.world);
+    let corpus = tmp.join("corpus.jsonl");
+    let lines: Vec<String> = world.corpus_sample(docs, 1).iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    (base_dir, base, world, corpus)
+}
+
 #[test]
 fn retrofit_starts_unchanged_trains_only_the_memory_and_finetunes() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = Device::Cpu;
-    // A trained model without memory.
-    let base_cfg = common::tiny_config(tmp.path(), &["train.steps=60"]);
-    run(&base_cfg, false).unwrap();
-    let base_dir = tmp.path().join("run");
-    let base = load_model_dir(&base_dir, &dev).unwrap();
-    // A text corpus (JSONL) from the same world.
-    let world = memtune::data::synthetic::World::generate(&base_cfg.data.world);
-    let corpus = tmp.path().join("corpus.jsonl");
-    let lines: Vec<String> = world.corpus_sample(300, 1).iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
-    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let (base_dir, base, world, corpus) = base_and_corpus(tmp.path(), 60, 300);
 
     // Step 0: the same outputs, bit for bit, and a gradient on the values.
     let cfg = with_init_model(&retrofit_config(&tmp.path().join("retro"), &base_dir, &corpus, &["train.steps=80"])).unwrap();
@@ -123,15 +128,7 @@ fn retrofit_starts_unchanged_trains_only_the_memory_and_finetunes() {
 #[test]
 fn memory_values_retrofit_standardises_the_query_then_keeps_the_addressing_fixed() {
     let tmp = tempfile::tempdir().unwrap();
-    let dev = Device::Cpu;
-    let base_cfg = common::tiny_config(tmp.path(), &["train.steps=20"]);
-    run(&base_cfg, false).unwrap();
-    let base_dir = tmp.path().join("run");
-    let base = load_model_dir(&base_dir, &dev).unwrap();
-    let world = memtune::data::synthetic::World::generate(&base_cfg.data.world);
-    let corpus = tmp.path().join("corpus.jsonl");
-    let lines: Vec<String> = world.corpus_sample(100, 1).iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
-    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let (base_dir, base, _, corpus) = base_and_corpus(tmp.path(), 20, 100);
     let retrofit = |name: &str, steps: usize, stats: usize| {
         let extra = [format!("train.steps={steps}"), "init.trainable=\"memory-values\"".into(), format!("init.query_stats_batches={stats}")];
         let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();

@@ -31,10 +31,9 @@ pub struct ForwardCtx {
     /// Per batch row, how many leading positions are padding that attention hides (prompts of
     /// several lengths decoded as one batch); empty: none.
     pub left_pad: Vec<usize>,
-    /// Record each memory layer's input (layer, (N, D)) in `memory_inputs`: the statistics a
-    /// retrofit standardises the memory's query against (`train::retrofit`).
-    pub capture_memory_inputs: bool,
-    pub memory_inputs: Vec<(usize, Tensor)>,
+    /// When `Some`, each memory layer appends its input (layer, (N, D)): the statistics a retrofit
+    /// standardises the memory's query against (`train::retrofit`).
+    pub memory_inputs: Option<Vec<(usize, Tensor)>>,
 }
 
 impl ForwardCtx {

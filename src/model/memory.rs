@@ -163,8 +163,8 @@ impl FeedForward for MemoryLayer {
         if let Some(mask) = &ctx.token_mask {
             ensure!(mask.len() == n, "ForwardCtx.token_mask has {} entries for {n} positions", mask.len());
         }
-        if ctx.capture_memory_inputs {
-            ctx.memory_inputs.push((self.layer, x.detach()));
+        if let Some(inputs) = ctx.memory_inputs.as_mut() {
+            inputs.push((self.layer, x.detach()));
         }
         let c = &self.cfg;
         let half = c.k_dim / 2;

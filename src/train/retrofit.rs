@@ -34,10 +34,10 @@ pub fn standardize_memory_queries(model: &Llama, store: &ParamStore, source: &mu
     for _ in 0..batches {
         let b = source.next_batch()?;
         let (tokens, _) = b.to_tensors(&dev)?;
-        let mut ctx = ForwardCtx { capture_memory_inputs: true, skip_memory_traces: true, ..Default::default() };
+        let mut ctx = ForwardCtx { memory_inputs: Some(vec![]), skip_memory_traces: true, ..Default::default() };
         model.hidden(&tokens, None, &mut ctx)?;
         let keep = b.mask.as_ref().map(|m| m.iter().enumerate().filter(|(_, &k)| k).map(|(i, _)| i as u32).collect::<Vec<u32>>());
-        for (layer, x) in ctx.memory_inputs {
+        for (layer, x) in ctx.memory_inputs.unwrap_or_default() {
             let x = match &keep {
                 Some(idx) => x.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?,
                 None => x,
@@ -104,9 +104,9 @@ mod tests {
         let after = store.get(&format!("model.layers.{layer}.memory.query.weight")).unwrap().as_tensor().copy().unwrap();
         assert!((before - &after).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
         // Re-capture the inputs (the layers below are unchanged) and apply the new projection.
-        let mut ctx = ForwardCtx { capture_memory_inputs: true, skip_memory_traces: true, ..Default::default() };
+        let mut ctx = ForwardCtx { memory_inputs: Some(vec![]), skip_memory_traces: true, ..Default::default() };
         model.hidden(&Tensor::from_vec(tokens, (2, 32), &dev).unwrap(), None, &mut ctx).unwrap();
-        let x = &ctx.memory_inputs[0].1;
+        let x = &ctx.memory_inputs.as_ref().unwrap()[0].1;
         let bias = store.get(&format!("model.layers.{layer}.memory.query.bias")).unwrap();
         let q = x.matmul(&after.t().unwrap()).unwrap().broadcast_add(bias.as_tensor()).unwrap();
         let mean: Vec<f32> = q.mean(0).unwrap().to_vec1().unwrap();
