@@ -116,6 +116,19 @@ pub enum Ranking {
     Random,
 }
 
+/// What updates the selected value rows in sparse memory finetuning.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SparseOptimizer {
+    /// p ← p − lr·g (the paper's).
+    #[default]
+    Sgd,
+    /// Adam (`finetune.beta1/beta2/eps`, no weight decay) with state for the rows it has updated
+    /// only: each row's step is ~lr whatever its gradient's scale (docs/design.md, "Sparse memory
+    /// finetuning on a retrofit").
+    Adam,
+}
+
 /// `top_t`: a number of rows, or `"all"` (every accessed slot, t = ∞).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TopT(pub Option<usize>);
@@ -217,8 +230,9 @@ impl Default for FinetuneConfig {
 pub struct SparseMemoryConfig {
     /// Value rows updated per step: a number or "all".
     pub top_t: TopT,
-    /// Plain SGD learning rate (constant).
+    /// Learning rate of `optimizer` (constant).
     pub lr: f64,
+    pub optimizer: SparseOptimizer,
     pub ranking: Ranking,
     /// Optimiser steps on each fact's batch before the next fact.
     pub steps_per_fact: usize,
@@ -232,7 +246,7 @@ pub struct SparseMemoryConfig {
 
 impl Default for SparseMemoryConfig {
     fn default() -> Self {
-        Self { top_t: TopT(Some(100)), lr: 100.0, ranking: Ranking::Tfidf, steps_per_fact: 1, epochs: 1, replay: 0, grad_clip: 0.0 }
+        Self { top_t: TopT(Some(100)), lr: 100.0, optimizer: SparseOptimizer::Sgd, ranking: Ranking::Tfidf, steps_per_fact: 1, epochs: 1, replay: 0, grad_clip: 0.0 }
     }
 }
 

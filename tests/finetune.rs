@@ -8,7 +8,7 @@
 
 use candle_core::{Device, Tensor};
 use memtune::bench::finetune::{facts_for, load_base, run_method, Base};
-use memtune::config::{ExperimentConfig, MethodKind, Ranking, TopT};
+use memtune::config::{ExperimentConfig, MethodKind, Ranking, SparseOptimizer, TopT};
 use memtune::data::facts::Fact;
 use memtune::eval::qa::statement_completion;
 use memtune::model::{access_counts, ForwardCtx, VALUES_NAME};
@@ -106,6 +106,20 @@ fn sparse_memory_updates_only_the_top_t_rows_and_rankings_differ() {
     assert_ne!(picks[0], picks[1], "tfidf and tf picked the same rows");
     assert_ne!(picks[0], picks[2], "tfidf and random picked the same rows");
     assert_ne!(picks[1], picks[2], "tf and random picked the same rows");
+    // Adam instead of SGD: the same rows (the selection comes first), moved differently.
+    let mut ft = c.finetune.clone();
+    ft.sparse_memory.top_t = TopT(Some(t));
+    ft.sparse_memory.optimizer = SparseOptimizer::Adam;
+    ft.sparse_memory.lr = 1e-2;
+    let (adam, _) = run_method(&base, &ft, &facts, |_, _| {}).unwrap();
+    assert!(dense_identical(&base, &adam.store).is_empty(), "adam: dense weights changed");
+    let adam_values = adam.store.get(VALUES_NAME).unwrap().as_tensor().copy().unwrap();
+    assert_eq!(changed_rows(&values0, &adam_values), picks[0], "adam must update the rows tfidf picks");
+    // Adam's first step moves every element of a picked row by ~lr, whatever the gradient's scale.
+    let delta = (&adam_values - &values0).unwrap().abs().unwrap().index_select(&Tensor::new(&picks[0][..], &Device::Cpu).unwrap(), 0).unwrap();
+    let delta: Vec<f32> = delta.flatten_all().unwrap().to_vec1().unwrap();
+    let near_lr = delta.iter().filter(|&&x| (x - 1e-2).abs() < 1e-3).count();
+    assert!(near_lr * 10 > delta.len() * 9, "adam's first step: only {near_lr} of {} elements moved by ~lr", delta.len());
     // t = all: exactly the slots real tokens read (padding excluded), each sequence run alone.
     let mut ft = c.finetune.clone();
     ft.sparse_memory.top_t = TopT(None);

@@ -90,12 +90,14 @@ fn tree_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 fn real_model_path_runs_every_method_with_real_probes_and_writes_nothing_into_the_model() {
     let tmp = tempfile::tempdir().unwrap();
     let (corpus, facts, known, choice) = write_data(tmp.path());
-    // Retrofit the fixture: a parallel memory beside block 1, trained alone for a few steps.
+    // Retrofit the fixture as configs/smollm2-retrofit.toml does: a parallel memory beside block 1,
+    // its query standardised, then trained without query and keys for a few steps.
     let retro = tmp.path().join("retro");
     let sets: Vec<String> = [
         format!("run.dir=\"{}\"", retro.display()),
         format!("init.model=\"{FIXTURE}\""),
-        "init.trainable=\"memory\"".into(),
+        "init.trainable=\"memory-values\"".into(),
+        "init.query_stats_batches=2".into(),
         "data.source=\"text\"".into(),
         format!("data.text_files=[\"{}\"]", corpus.display()),
         "model.memory.layers=[1]".into(),
@@ -116,7 +118,8 @@ fn real_model_path_runs_every_method_with_real_probes_and_writes_nothing_into_th
 
     let out = tmp.path().join("bench");
     let bench = |model: &Path, facts: &Path| {
-        let a = args(&["bench", "forgetting", "--config", "configs/forgetting-smollm2.toml", "--model", model.to_str().unwrap(), "--facts", facts.to_str().unwrap()], &probe_sets(&known, &corpus, &choice, &out));
+        // --quick: the preset's overrides apply first, the test's own (tiny) ones win.
+        let a = args(&["bench", "forgetting", "--config", "configs/forgetting-smollm2.toml", "--quick", "--model", model.to_str().unwrap(), "--facts", facts.to_str().unwrap()], &probe_sets(&known, &corpus, &choice, &out));
         memtune(&a)
     };
     let (ok, stdout, err) = bench(&retro, &facts);

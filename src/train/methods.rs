@@ -5,7 +5,7 @@
 //!
 //! | method | model built with | dense optimiser | memory values |
 //! |---|---|---|---|
-//! | `sparse-memory` | everything frozen | none | plain SGD on the top-t rows of each batch by TF-IDF (`tfidf::TfIdfSelect`) |
+//! | `sparse-memory` | everything frozen | none | SGD (or Adam) on the top-t rows of each batch by TF-IDF (`sparse_memory`) |
 //! | `lora` | adapters on the target linears, only they trainable | AdamW on the adapters | frozen |
 //! | `full` | every dense weight trainable | AdamW | lazy AdamW (when the model has memory) |
 //!
@@ -14,10 +14,11 @@
 //! [`Stream`]) revisit the stream.
 
 use super::optim::{default_groups, AdamW, AdamWParams, Optimizer};
-use super::sparse_values::{LazyAdamW, SparseSgd, ValueUpdate};
-use super::tfidf::{BackgroundIndex, TfIdfSelect};
+use super::sparse_memory::sparse_memory_update;
+use super::sparse_values::{LazyAdamW, ValueUpdate};
+use super::tfidf::BackgroundIndex;
 use super::trainer::{dense_names, StepStats, Trainer};
-use crate::config::{FinetuneConfig, MethodKind, Ranking, ScheduleKind, TrainConfig};
+use crate::config::{FinetuneConfig, MethodKind, ScheduleKind, TrainConfig};
 use crate::data::batches::{Batch, BatchList};
 use crate::model::config::ValueOptimizerKind;
 use crate::model::lora::adapter_names;
@@ -86,19 +87,12 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
     Ok(match ft.method {
         MethodKind::SparseMemory => {
             let sm = &ft.sparse_memory;
-            if memory.is_none() {
-                bail!("method `sparse-memory` needs a model with a memory layer (model.memory.layers)");
-            }
-            let model = Llama::new(cfg, &ParamBuilder::existing(&store, device).with_precision(ft.precision).with_trainable(|_| false))?;
-            let index = match sm.ranking {
-                Ranking::Tfidf => Some(background.cloned().ok_or_else(|| {
-                    anyhow::anyhow!("ranking = \"tfidf\" needs a background index: run `memtune background` on the checkpoint first")
-                })?),
-                _ => None,
+            let Some(m) = memory else {
+                bail!("method `sparse-memory` needs a model with a memory layer (model.memory.layers); retrofit one with `memtune pretrain --config configs/smollm2-retrofit.toml` (init.model = your model folder)");
             };
-            let select = TfIdfSelect::new(sm.ranking, sm.top_t.0, index, ft.seed)?;
+            let model = Llama::new(cfg, &ParamBuilder::existing(&store, device).with_precision(ft.precision).with_trainable(|_| false))?;
+            let values: Box<dyn ValueUpdate> = Box::new(sparse_memory_update(sm, m.n_slots(), m.v_dim, hp, background.cloned(), ft.seed)?);
             let optimizer = Box::new(AdamW::new(&store, vec![], hp)?);
-            let values: Box<dyn ValueUpdate> = Box::new(SparseSgd::with_selector(sm.lr, Box::new(select)));
             Prepared { method: ft.method, store, model, trainable: vec![], optimizer, values: Some(values), train: train(sm.lr, sm.grad_clip), stream: Stream { steps_per_fact: sm.steps_per_fact, epochs: sm.epochs, replay: sm.replay, seed: ft.seed } }
         }
         MethodKind::Lora => {

@@ -10,6 +10,7 @@ pub mod schedule;
 pub mod pretrain;
 pub mod progress;
 pub mod retrofit;
+pub mod sparse_memory;
 pub mod sparse_values;
 pub mod trainer;
 pub mod tfidf;

@@ -12,8 +12,8 @@
 //!   on the steps that touch it, so untouched rows stay bit-identical. Variant `adamw` keeps m and
 //!   v per element (state 2× the touched rows); `adamw-rowwise` keeps m per element and one v per
 //!   row, the mean of g² over the row (state ~1×), for tables too large for 3× their size.
-//! - [`SparseSgd`]: plain SGD on a chosen subset of the touched rows (sparse memory finetuning picks
-//!   the top-t rows by TF-IDF through a [`RowSelect`]).
+//! - [`SparseSgd`]: plain SGD on the touched rows (sparse memory finetuning restricts it, or a
+//!   `LazyAdamW`, to the top-t rows by TF-IDF through a [`RowSelect`]: `sparse_memory`).
 //!
 //! Optimiser state is exported as named tensors (prefix `value_adamw.`, `value_adamw_rowwise.` or
 //! `value_sgd.`, so it can share `optimizer.safetensors` with the dense optimiser's `adamw.*`)
@@ -75,6 +75,22 @@ impl RowGrads {
         self.rows.binary_search(&row).ok()
     }
 
+    /// The gradients of `rows` only (any order, duplicates count once); each must be present.
+    pub fn subset(&self, rows: &[u32]) -> Result<RowGrads> {
+        let mut rows = rows.to_vec();
+        rows.sort_unstable();
+        rows.dedup();
+        let keep: Vec<usize> = rows.iter().map(|&r| self.position(r).with_context(|| format!("row gradients: row {r} has no gradient this step"))).collect::<Result<_>>()?;
+        let d = self.dim();
+        let grads = if self.grads.device().is_cpu() {
+            Tensor::from_vec(with_f32(&self.grads, |g| gather_rows(g, d, &keep))?, (keep.len(), d), &Device::Cpu)?
+        } else {
+            let idx = Tensor::from_vec(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), keep.len(), self.grads.device())?;
+            self.grads.index_select(&idx, 0)?
+        };
+        RowGrads::new(rows, grads)
+    }
+
     /// The value-table gradient of one forward/backward: each trace's gathered-rows gradient,
     /// restricted to rows read by at least one real (non-padding) token, summed over layers in
     /// layer order. `None` when no trace received a gradient.
@@ -83,21 +99,14 @@ impl RowGrads {
         for tr in traces {
             let Some(g) = grads.get(tr.values.as_tensor()) else { continue };
             let g = g.to_dtype(DType::F32)?.contiguous()?;
+            let all = RowGrads::new(tr.rows.to_vec(), g)?;
             let part = if tr.token_mask.is_none() {
-                RowGrads::new(tr.rows.to_vec(), g)?
+                all
             } else {
                 // Rows that only padding positions read carry no gradient and must not count as
                 // touched (an AdamW row update with g = 0 would still move the row).
-                let keep: Vec<usize> = tr.row_access_counts().iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, _)| i).collect();
-                let d = g.dim(1)?;
-                let rows = keep.iter().map(|&i| tr.rows[i]).collect();
-                if g.device().is_cpu() {
-                    let data = with_f32(&g, |g| gather_rows(g, d, &keep))?;
-                    RowGrads::new(rows, Tensor::from_vec(data, (keep.len(), d), &Device::Cpu)?)?
-                } else {
-                    let idx = Tensor::from_vec(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), keep.len(), g.device())?;
-                    RowGrads::new(rows, g.index_select(&idx, 0)?)?
-                }
+                let read: Vec<u32> = tr.row_access_counts().iter().zip(&all.rows).filter(|(&c, _)| c > 0).map(|(_, &r)| r).collect();
+                all.subset(&read)?
             };
             out = Some(match out {
                 None => part,
@@ -553,38 +562,25 @@ fn rowwise_update(k: &AdamWKernel, p: &mut [f32], m: &mut [f32], v: &mut f32, g:
     }
 }
 
-/// Chooses which of a step's touched rows a [`SparseSgd`] updates (sparse memory finetuning: the
-/// top-t by TF-IDF of the batch's access counts).
+/// Chooses which of a step's touched rows a value update may change (sparse memory finetuning:
+/// the top-t by TF-IDF of the batch's access counts; `sparse_memory::SelectedRows`).
 pub trait RowSelect: Send {
     /// Rows to update; each must be among `batch.grads.rows`.
     fn select(&mut self, batch: &ValueBatch<'_>) -> Result<Vec<u32>>;
 }
 
-/// Every touched row (t = ∞).
-pub struct AllTouched;
-
-impl RowSelect for AllTouched {
-    fn select(&mut self, batch: &ValueBatch<'_>) -> Result<Vec<u32>> {
-        Ok(batch.grads.rows.clone())
-    }
-}
-
-/// Plain SGD, p ← p − lr·g, on the rows a [`RowSelect`] picks; no state besides the step count.
+/// Plain SGD, p ← p − lr·g, on every row of the step's gradient; no state besides the step count.
+/// Sparse memory finetuning restricts it to the top-t rows with a [`RowSelect`]
+/// (`sparse_memory::SelectedRows`).
 pub struct SparseSgd {
     /// Base learning rate (times the schedule's factor).
     pub lr: f64,
-    pub select: Box<dyn RowSelect>,
     t: usize,
 }
 
 impl SparseSgd {
-    /// SGD on every touched row.
     pub fn new(lr: f64) -> Self {
-        Self::with_selector(lr, Box::new(AllTouched))
-    }
-
-    pub fn with_selector(lr: f64, select: Box<dyn RowSelect>) -> Self {
-        Self { lr, select, t: 0 }
+        Self { lr, t: 0 }
     }
 
     /// table[r] ← table[r] − lr·grad[r] for each r in `rows` (any order, duplicates count once);
@@ -626,8 +622,7 @@ impl SparseSgd {
 
 impl ValueUpdate for SparseSgd {
     fn step(&mut self, table: &Tensor, batch: &ValueBatch<'_>) -> Result<()> {
-        let rows = self.select.select(batch)?;
-        Self::step_rows(table, &rows, batch.grads, self.lr * batch.lr_mult)?;
+        Self::step_rows(table, &batch.grads.rows, batch.grads, self.lr * batch.lr_mult)?;
         self.t += 1;
         Ok(())
     }
