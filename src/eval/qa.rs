@@ -30,9 +30,17 @@ pub struct QaReport {
 /// Longest answer the evaluator generates, in tokens.
 pub const MAX_ANSWER_TOKENS: usize = 12;
 
-/// Greedy answer to an already formatted prompt, cut at the first newline or end of text.
+/// A prompt's tokens after an end-of-text token, as every training row starts (`Fact::batch`, the
+/// pretraining stream): a memory model reads its slots by hidden states that this first token
+/// shapes, and without it the slots a fact was written to are not read back (docs/design.md).
+pub fn prompt_ids(tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
+    Ok([tok.eos_id()].into_iter().chain(tok.encode(prompt)?).collect())
+}
+
+/// Greedy answer to an already formatted prompt (after [`prompt_ids`]' end-of-text token), cut at
+/// the first newline or end of text.
 pub fn answer(model: &Llama, tok: &Tokenizer, prompt: &str) -> Result<String> {
-    let ids = tok.encode(prompt)?;
+    let ids = prompt_ids(tok, prompt)?;
     let opts = GenerateOptions { max_new_tokens: MAX_ANSWER_TOKENS, stop_tokens: vec![tok.eos_id()], ..Default::default() };
     let out = generate(model, &ids, &opts)?;
     let out: Vec<u32> = out.into_iter().filter(|&t| t != tok.eos_id()).collect();
@@ -90,10 +98,10 @@ pub fn score(preds: &[String], golds: &[&[String]]) -> QaReport {
 }
 
 /// Greedy continuations (at most `MAX_ANSWER_TOKENS`, cut at end of text and the first newline,
-/// trimmed) of already formatted prompts, decoded in batches of up to `QA_BATCH` prompts of
+/// trimmed) of already formatted prompts, each after an end-of-text token, decoded in batches of up to `QA_BATCH` prompts of
 /// similar token length.
 pub fn greedy_answers(model: &Llama, tok: &Tokenizer, prompts: &[String]) -> Result<Vec<String>> {
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p)).collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| prompt_ids(tok, p)).collect::<Result<_>>()?;
     greedy_answers_ids(model, tok, ids)
 }
 
@@ -137,7 +145,7 @@ pub fn statement_completion(model: &Llama, tok: &Tokenizer, facts: &[crate::data
             }
         }
     }
-    let ids = prompts.iter().map(|p| Ok([tok.eos_id()].into_iter().chain(tok.encode(p)?).collect())).collect::<Result<Vec<Vec<u32>>>>()?;
+    let ids = prompts.iter().map(|p| prompt_ids(tok, p)).collect::<Result<Vec<Vec<u32>>>>()?;
     let preds: Vec<String> = greedy_answers_ids(model, tok, ids)?
         .into_iter()
         .map(|p| p.split_whitespace().next().unwrap_or("").trim_matches(|c: char| c.is_ascii_punctuation()).to_string())
