@@ -98,8 +98,8 @@ pub fn score(preds: &[String], golds: &[&[String]]) -> QaReport {
 }
 
 /// Greedy continuations (at most `MAX_ANSWER_TOKENS`, cut at end of text and the first newline,
-/// trimmed) of already formatted prompts, each after an end-of-text token, decoded in batches of up to `QA_BATCH` prompts of
-/// similar token length.
+/// trimmed) of already formatted prompts, each after an end-of-text token ([`prompt_ids`]),
+/// decoded in batches of up to `QA_BATCH` prompts of similar token length.
 pub fn greedy_answers(model: &Llama, tok: &Tokenizer, prompts: &[String]) -> Result<Vec<String>> {
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| prompt_ids(tok, p)).collect::<Result<_>>()?;
     greedy_answers_ids(model, tok, ids)

@@ -43,12 +43,8 @@ impl ValueUpdate for SelectedRows {
 /// `hp` (`finetune.beta1/beta2/eps`) and no weight decay. `background` is needed for
 /// `ranking = "tfidf"`.
 pub fn sparse_memory_update(sm: &SparseMemoryConfig, n_rows: usize, dim: usize, hp: AdamWParams, background: Option<BackgroundIndex>, seed: u64) -> Result<SelectedRows> {
-    let index = match sm.ranking {
-        Ranking::Tfidf => Some(background.ok_or_else(|| {
-            anyhow::anyhow!("ranking = \"tfidf\" needs a background index: run `memtune background` on the checkpoint first")
-        })?),
-        _ => None,
-    };
+    // TfIdfSelect names the missing background index for ranking = "tfidf".
+    let index = if sm.ranking == Ranking::Tfidf { background } else { None };
     let select = Box::new(TfIdfSelect::new(sm.ranking, sm.top_t.0, index, seed)?);
     let update: Box<dyn ValueUpdate> = match sm.optimizer {
         SparseOptimizer::Sgd => Box::new(SparseSgd::new(sm.lr)),
