@@ -2,7 +2,7 @@
 """Build a facts file of real facts from SQuAD v1.1 dev (written by scripts/get-squad.sh).
 
     python3 scripts/make-real-facts.py [--squad data/squad/dev-v1.1.json] [--out data/real-facts.jsonl]
-                                       [--facts 400] [--seed 0]
+                                       [--facts 400] [--seed 0] [--question-forms]
 
 One fact per SQuAD question: the passage sentence that holds the answer, restated 8 ways (the
 sentence alone, with its article's title, with the sentence before or after it, framed as a note,
@@ -13,6 +13,11 @@ Facts are spread over passages (at most one per passage), their answers are shor
 their sentences fit a 128-token row. Whether the base model already knows a fact is not decided
 here: `memtune bench forgetting` asks the model every fact's question closed-book before training
 and drops the ones it answers, and reports how many it dropped.
+
+--question-forms keeps the first four statements and replaces the other four by question forms of
+them (`Q: <statement with the answer replaced by "what">? A: <answer>`): training text worded as
+questions, still not the test question's wording (docs/design.md, "Sparse memory finetuning on a
+retrofit").
 
 Deterministic: the same input and seed give the same file. The output is the JSONL format
 `memtune finetune` and `memtune bench forgetting --facts` read (README, "Facts files").
@@ -40,7 +45,11 @@ def normalise(s):
     return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
 
 
-def fact_for(title, context, qa):
+def question_form(statement, answer):
+    return "Q: " + statement.replace(answer, "what", 1).rstrip(" .") + "? A: " + answer
+
+
+def fact_for(title, context, qa, question_forms=False):
     ans = qa["answers"][0]
     answer, a0 = ans["text"].strip(), ans["answer_start"]
     if not answer or not 1 <= len(answer.split()) <= 4:
@@ -67,6 +76,8 @@ def fact_for(title, context, qa):
         f"Fill in the blank: {blank} Answer: {answer}",
         f"Q: What goes in the blank? {blank} A: {answer}",
     ]
+    if question_forms:
+        statements = statements[:4] + [question_form(st, answer) for st in statements[:4]]
     question = qa["question"].strip()
     # Held-out wording: the question must not appear inside any training statement.
     if any(normalise(question) in normalise(st) for st in statements):
@@ -85,6 +96,7 @@ def main():
     ap.add_argument("--out", default="data/real-facts.jsonl")
     ap.add_argument("--facts", type=int, default=400, help="candidate facts to write (the benchmark keeps those the base model does not know)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--question-forms", action="store_true", help="replace four statements by question forms of the other four")
     args = ap.parse_args()
     if not os.path.exists(args.squad):
         raise SystemExit(f"{args.squad} not found: run scripts/get-squad.sh first")
@@ -97,7 +109,7 @@ def main():
         qas = list(p["qas"])
         rng.shuffle(qas)
         for qa in qas:
-            f = fact_for(title, p["context"], qa)
+            f = fact_for(title, p["context"], qa, args.question_forms)
             if f and normalise(f["questions"][0]["answers"][0]) not in seen_answers:
                 seen_answers.add(normalise(f["questions"][0]["answers"][0]))
                 facts.append(f)
