@@ -52,12 +52,7 @@ impl Fact {
         ensure!(!self.statements.is_empty(), "fact about `{}` has no statement", self.subject);
         let eos = tok.eos_id();
         let seqs = (0..n)
-            .map(|i| {
-                let mut s = vec![eos];
-                s.extend(tok.encode(&self.statements[i % self.statements.len()])?);
-                s.push(eos);
-                Ok(s)
-            })
+            .map(|i| tok.encode_document(&self.statements[i % self.statements.len()]))
             .collect::<Result<Vec<_>>>()?;
         Ok(PaddedBatch::from_sequences(&seqs, eos)?.to_batch())
     }

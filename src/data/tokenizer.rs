@@ -80,6 +80,20 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// `text`'s tokens after an end-of-text token, as every training row starts: a memory model
+    /// reads its slots by hidden states that this first token shapes, so a prompt asked without it
+    /// does not read back the slots a fact was written to (docs/design.md).
+    pub fn encode_after_eos(&self, text: &str) -> Result<Vec<u32>> {
+        Ok([self.eos].into_iter().chain(self.encode(text)?).collect())
+    }
+
+    /// `text` framed as a training document: end-of-text, its tokens, end-of-text.
+    pub fn encode_document(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode_after_eos(text)?;
+        ids.push(self.eos);
+        Ok(ids)
+    }
+
     /// The text of `ids`; special tokens are kept, so `decode(encode(s)) == s` for trained tokenizers.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| anyhow!("cannot decode {ids:?}: {e}"))

@@ -30,17 +30,10 @@ pub struct QaReport {
 /// Longest answer the evaluator generates, in tokens.
 pub const MAX_ANSWER_TOKENS: usize = 12;
 
-/// A prompt's tokens after an end-of-text token, as every training row starts (`Fact::batch`, the
-/// pretraining stream): a memory model reads its slots by hidden states that this first token
-/// shapes, and without it the slots a fact was written to are not read back (docs/design.md).
-pub fn prompt_ids(tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
-    Ok([tok.eos_id()].into_iter().chain(tok.encode(prompt)?).collect())
-}
-
-/// Greedy answer to an already formatted prompt (after [`prompt_ids`]' end-of-text token), cut at
-/// the first newline or end of text.
+/// Greedy answer to an already formatted prompt (after an end-of-text token,
+/// [`Tokenizer::encode_after_eos`]), cut at the first newline or end of text.
 pub fn answer(model: &Llama, tok: &Tokenizer, prompt: &str) -> Result<String> {
-    let ids = prompt_ids(tok, prompt)?;
+    let ids = tok.encode_after_eos(prompt)?;
     let opts = GenerateOptions { max_new_tokens: MAX_ANSWER_TOKENS, stop_tokens: vec![tok.eos_id()], ..Default::default() };
     let out = generate(model, &ids, &opts)?;
     let out: Vec<u32> = out.into_iter().filter(|&t| t != tok.eos_id()).collect();
@@ -98,10 +91,10 @@ pub fn score(preds: &[String], golds: &[&[String]]) -> QaReport {
 }
 
 /// Greedy continuations (at most `MAX_ANSWER_TOKENS`, cut at end of text and the first newline,
-/// trimmed) of already formatted prompts, each after an end-of-text token ([`prompt_ids`]),
+/// trimmed) of already formatted prompts, each after an end-of-text token ([`Tokenizer::encode_after_eos`]),
 /// decoded in batches of up to `QA_BATCH` prompts of similar token length.
 pub fn greedy_answers(model: &Llama, tok: &Tokenizer, prompts: &[String]) -> Result<Vec<String>> {
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| prompt_ids(tok, p)).collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode_after_eos(p)).collect::<Result<_>>()?;
     greedy_answers_ids(model, tok, ids)
 }
 
@@ -145,7 +138,7 @@ pub fn statement_completion(model: &Llama, tok: &Tokenizer, facts: &[crate::data
             }
         }
     }
-    let ids = prompts.iter().map(|p| prompt_ids(tok, p)).collect::<Result<Vec<Vec<u32>>>>()?;
+    let ids = prompts.iter().map(|p| tok.encode_after_eos(p)).collect::<Result<Vec<Vec<u32>>>>()?;
     let preds: Vec<String> = greedy_answers_ids(model, tok, ids)?
         .into_iter()
         .map(|p| p.split_whitespace().next().unwrap_or("").trim_matches(|c: char| c.is_ascii_punctuation()).to_string())

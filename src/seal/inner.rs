@@ -57,9 +57,7 @@ pub fn inner_batches(tok: &Tokenizer, seqs: &[String], batch_size: usize, epochs
     let rows = seqs
         .iter()
         .map(|s| {
-            let mut ids = vec![eos];
-            ids.extend(tok.encode(s)?);
-            ids.push(eos);
+            let mut ids = tok.encode_document(s)?;
             ids.truncate(max_pos + 1);
             Ok(ids)
         })
