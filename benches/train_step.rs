@@ -8,7 +8,7 @@ use memtune::config::ExperimentConfig;
 fn train_step(c: &mut Criterion) {
     let cfg = ExperimentConfig::from_toml_str(include_str!("../configs/bench-reference.toml"), "configs/bench-reference.toml", &[])
         .expect("bench config");
-    let bench = StepBench::new(&cfg).expect("model");
+    let bench = StepBench::new(&cfg, &candle_core::Device::Cpu).expect("model");
     let mut source = bench.random_source().expect("data");
     let mut trainer = bench.trainer().expect("trainer");
     let mut step = 0;

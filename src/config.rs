@@ -68,7 +68,7 @@ pub struct InitConfig {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Finetuning on new facts (DESIGN.md §2, §4b).
+// Finetuning on new facts (docs/design.md, "Sparse memory finetuning").
 
 /// Which finetuning method.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,7 +104,7 @@ impl MethodKind {
     }
 }
 
-/// How accessed memory slots are ranked for sparse memory finetuning (DESIGN.md §2).
+/// How accessed memory slots are ranked for sparse memory finetuning (docs/design.md, "Sparse memory finetuning").
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Ranking {
@@ -163,7 +163,10 @@ impl<'de> Deserialize<'de> for TopT {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<TopT, E> {
                 match v {
                     "all" => Ok(TopT(None)),
-                    _ => v.parse::<i64>().map_err(|_| E::custom(format!("top_t must be a positive integer or \"all\", got \"{v}\""))).and_then(|n| self.visit_i64(n)),
+                    _ => v
+                        .parse::<i64>()
+                        .map_err(|_| E::custom(format!("top_t must be a positive integer or \"all\", got \"{v}\"")))
+                        .and_then(|n| self.visit_i64(n)),
                 }
             }
         }
@@ -224,7 +227,7 @@ impl Default for FinetuneConfig {
     }
 }
 
-/// `[finetune.sparse_memory]` (DESIGN.md §2, §4b).
+/// `[finetune.sparse_memory]` (docs/design.md, "Sparse memory finetuning").
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SparseMemoryConfig {
@@ -246,7 +249,16 @@ pub struct SparseMemoryConfig {
 
 impl Default for SparseMemoryConfig {
     fn default() -> Self {
-        Self { top_t: TopT(Some(100)), lr: 100.0, optimizer: SparseOptimizer::Sgd, ranking: Ranking::Tfidf, steps_per_fact: 1, epochs: 1, replay: 0, grad_clip: 0.0 }
+        Self {
+            top_t: TopT(Some(100)),
+            lr: 100.0,
+            optimizer: SparseOptimizer::Sgd,
+            ranking: Ranking::Tfidf,
+            steps_per_fact: 1,
+            epochs: 1,
+            replay: 0,
+            grad_clip: 0.0,
+        }
     }
 }
 
@@ -274,7 +286,18 @@ pub struct LoraFinetuneConfig {
 impl Default for LoraFinetuneConfig {
     fn default() -> Self {
         let l = crate::model::lora::LoraConfig::default();
-        Self { rank: l.rank, alpha: l.alpha, dropout: l.dropout, targets: l.targets, lr: 1e-3, weight_decay: 0.0, steps_per_fact: 1, epochs: 1, replay: 0, grad_clip: 1.0 }
+        Self {
+            rank: l.rank,
+            alpha: l.alpha,
+            dropout: l.dropout,
+            targets: l.targets,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            steps_per_fact: 1,
+            epochs: 1,
+            replay: 0,
+            grad_clip: 1.0,
+        }
     }
 }
 
@@ -308,7 +331,7 @@ impl Default for FullFinetuneConfig {
     }
 }
 
-/// `[background]`: the background index of sparse memory finetuning (DESIGN.md §2).
+/// `[background]`: the background index of sparse memory finetuning (docs/design.md, "Sparse memory finetuning").
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackgroundConfig {
@@ -399,7 +422,16 @@ pub struct ProbesConfig {
 
 impl Default for ProbesConfig {
     fn default() -> Self {
-        Self { known_facts_file: String::new(), known_candidates: 2000, known_facts_prompt: PromptStyle::Qa, text_files: vec![], text_docs: 100, text_tokens: 256, choice_file: String::new(), choice_examples: 500 }
+        Self {
+            known_facts_file: String::new(),
+            known_candidates: 2000,
+            known_facts_prompt: PromptStyle::Qa,
+            text_files: vec![],
+            text_docs: 100,
+            text_tokens: 256,
+            choice_file: String::new(),
+            choice_examples: 500,
+        }
     }
 }
 
@@ -470,7 +502,7 @@ impl FinetuneConfig {
         let full_key = format!("finetune.{}.{key}", method.section());
         let mut root = toml::Table::try_from(self).map_err(|e| (full_key.clone(), e.to_string()))?;
         let sec = root.get_mut(method.section()).and_then(|v| v.as_table_mut()).expect("method sections serialise as tables");
-        if !sec.contains_key(key) && !(method == MethodKind::Full && key == "value_lr") {
+        if !sec.contains_key(key) && (method != MethodKind::Full || key != "value_lr") {
             return Err((full_key, format!("unknown key `{key}` in [finetune.{}]", method.section())));
         }
         sec.insert(key.to_string(), value.clone());
@@ -625,31 +657,7 @@ pub struct TrainConfig {
     pub precision: Precision,
 }
 
-/// What the linear layers multiply in. The parameters, their gradients and the optimiser state are
-/// f32 either way (the master copies); with `Bf16` each projection casts its input and weight to
-/// bf16, multiplies (tensor cores on a GPU), and casts the product back to f32. Norms, RoPE,
-/// attention, the loss and the memory layer's value reads stay f32.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    F32,
-    Bf16,
-}
-
-impl Precision {
-    pub fn is_f32(&self) -> bool {
-        *self == Precision::F32
-    }
-
-    /// The dtype the linear layers multiply in.
-    pub fn matmul_dtype(self) -> candle_core::DType {
-        match self {
-            Precision::F32 => candle_core::DType::F32,
-            Precision::Bf16 => candle_core::DType::BF16,
-        }
-    }
-}
+pub use crate::model::params::Precision;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -682,7 +690,7 @@ impl Default for TrainConfig {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DataSource {
-    /// The built-in synthetic world (DESIGN.md §4).
+    /// The built-in synthetic world (docs/design.md, "The synthetic world").
     Synthetic,
     /// Plain-text files (`data.text_files`).
     Text,
@@ -704,7 +712,13 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { source: DataSource::Synthetic, world: WorldConfig::default(), text_files: vec![], tokenizer: String::new(), qa_fraction: 0.3 }
+        Self {
+            source: DataSource::Synthetic,
+            world: WorldConfig::default(),
+            text_files: vec![],
+            tokenizer: String::new(),
+            qa_fraction: 0.3,
+        }
     }
 }
 
@@ -728,8 +742,8 @@ impl ExperimentConfig {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let (file, text) = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| MemtuneError::Other(format!("cannot read config {}: {e}", p.display())))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| MemtuneError::Other(format!("cannot read config {}: {e}", p.display())))?;
                 (p.display().to_string(), text)
             }
             None => ("<defaults>".to_string(), String::new()),
@@ -844,9 +858,11 @@ fn snippet(text: &str, span: std::ops::Range<usize>) -> String {
 
 /// `a.b.c=value`: value parsed as a TOML value (number, bool, array, quoted string), else a bare string.
 fn apply_override(root: &mut toml::Table, o: &str, file: &str) -> Result<()> {
-    let (key, raw) = o
-        .split_once('=')
-        .ok_or_else(|| MemtuneError::BadConfigValue { file: file.into(), key: o.into(), msg: "--set expects key=value".into() })?;
+    let (key, raw) = o.split_once('=').ok_or_else(|| MemtuneError::BadConfigValue {
+        file: file.into(),
+        key: o.into(),
+        msg: "--set expects key=value".into(),
+    })?;
     let key = key.trim();
     let value = match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => t.remove("v").unwrap(),
@@ -867,7 +883,7 @@ fn apply_override(root: &mut toml::Table, o: &str, file: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SEAL (DESIGN.md §3).
+// SEAL (docs/design.md, "SEAL").
 
 /// ReST-EM's choice of the self-edit kept per passage.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -1041,7 +1057,16 @@ impl SealConfig {
     /// Errors name the key.
     pub fn validate(&self) -> std::result::Result<(), (String, String)> {
         let bad = |k: &str, m: &str| Err((format!("seal.{k}"), m.to_string()));
-        for (k, v) in [("eval_passages", self.eval_passages), ("k", self.k), ("max_new_tokens", self.max_new_tokens), ("repeats", self.repeats), ("inner_epochs", self.inner_epochs), ("inner_batch_size", self.inner_batch_size), ("sft_epochs", self.sft_epochs), ("sft_batch_size", self.sft_batch_size)] {
+        for (k, v) in [
+            ("eval_passages", self.eval_passages),
+            ("k", self.k),
+            ("max_new_tokens", self.max_new_tokens),
+            ("repeats", self.repeats),
+            ("inner_epochs", self.inner_epochs),
+            ("inner_batch_size", self.inner_batch_size),
+            ("sft_epochs", self.sft_epochs),
+            ("sft_batch_size", self.sft_batch_size),
+        ] {
             if v == 0 {
                 return bad(k, "must be > 0");
             }

@@ -22,7 +22,9 @@ impl DeviceSpec {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda(0)),
             s => match s.strip_prefix("cuda:") {
-                Some(n) => n.parse().map(Self::Cuda).map_err(|_| format!("`{s}`: the GPU index after `cuda:` must be a number (e.g. cuda:0)")),
+                Some(n) => {
+                    n.parse().map(Self::Cuda).map_err(|_| format!("`{s}`: the GPU index after `cuda:` must be a number (e.g. cuda:0)"))
+                }
                 None => Err(format!("`{s}` is not a device: use cpu, cuda or cuda:N")),
             },
         }

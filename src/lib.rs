@@ -1,7 +1,10 @@
 //! memtune: a continual-learning engine on candle.
 //!
-//! Layers (imports run one way): `ops` ← `model` ← `train`, `eval` ← `bench`, `seal` ← CLI.
-//! `data`, `io` and `config` sit at the ground floor.
+//! Layers, bottom to top; a module imports only modules on floors below its own (`tests/layers.rs`
+//! checks it):
+//! `error`, `util`, `plot`, `device` → `io` → `ops` → `data` → `model` → `config` → `train` →
+//! `eval` → `bench`, `seal` → the CLI (`main.rs`), which alone opens the device.
+//! docs/design.md ("Architecture") says what each owns.
 
 pub mod bench;
 pub mod config;
@@ -12,6 +15,7 @@ pub mod eval;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod seal;
 pub mod train;
 pub mod util;

@@ -6,7 +6,11 @@ use memtune::config::ExperimentConfig;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "memtune", version, about = "Continual learning on a trainable transformer: sparse memory finetuning, SEAL, LoRA, full finetuning")]
+#[command(
+    name = "memtune",
+    version,
+    about = "Continual learning on a trainable transformer: sparse memory finetuning, SEAL, LoRA, full finetuning"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -328,7 +332,11 @@ enum BenchCommand {
     Matmul {
         /// Comma-separated MxKxN shapes (default: the forward and backward products of
         /// configs/bench-reference.toml: 1,024 tokens, d 256, d_ff 688, vocab 4,096).
-        #[arg(long, value_delimiter = ',', default_value = "1024x256x256,1024x256x688,1024x688x256,1024x256x4096,1024x4096x256,688x1024x256,4096x1024x256")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1024x256x256,1024x256x688,1024x688x256,1024x256x4096,1024x4096x256,688x1024x256,4096x1024x256"
+        )]
         shapes: Vec<memtune::bench::matmul::Shape>,
         #[arg(long, default_value_t = 3)]
         warmup: usize,
@@ -397,11 +405,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { cfg } => {
             let cfg = bench::demo::config(cfg.config.as_deref(), &cfg.sets())?;
-            bench::demo::run(&cfg)?;
+            bench::demo::run(&cfg, &memtune::device::open(&cfg.run.device)?)?;
             Ok(())
         }
         Command::Pretrain { cfg, resume, stop_after } => {
-            let out = train::pretrain::run_until(&cfg.load()?, resume, stop_after)?;
+            let (cfg, device) = cfg.load_with_device()?;
+            let out = train::pretrain::run_until(&cfg, resume, stop_after, &device)?;
             println!("{}", serde_json::json!({"run_dir": out.dir, "steps": out.steps, "final_loss": out.final_loss}));
             Ok(())
         }
@@ -438,13 +447,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Finetune { cfg, model, method, out, merge } => {
-            let cfg = cfg.with_method(method.as_deref()).load()?;
-            let report = bench::finetune::finetune_command(&model, &cfg, out.as_deref(), merge)?;
+            let (cfg, device) = cfg.with_method(method.as_deref()).load_with_device()?;
+            let report = bench::finetune::finetune_command(&model, &cfg, out.as_deref(), merge, &device)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Seal { cfg } => {
-            let out = memtune::seal::run::run(&cfg.load()?)?;
+            let (cfg, device) = cfg.load_with_device()?;
+            let out = memtune::seal::run::run(&cfg, &device)?;
             println!("{}", out.table);
             println!("results: {} (summary.jsonl, self_edits.jsonl, diagnostics.json)", out.out.display());
             Ok(())
@@ -457,9 +467,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { command: BenchCommand::Forgetting { config, set, device, quick, report, model, facts, measure_only } } => {
             let path_set = |key: &str, p: Option<PathBuf>| p.map(|p| format!("{key}={}", toml::Value::String(p.display().to_string())));
-            let set: Vec<String> = path_set("forgetting.model", model).into_iter().chain(path_set("finetune.facts_file", facts)).chain(measure_only.then(|| "forgetting.measure_only=true".to_string())).chain(set).chain(device.set()).collect();
+            let set: Vec<String> = path_set("forgetting.model", model)
+                .into_iter()
+                .chain(path_set("finetune.facts_file", facts))
+                .chain(measure_only.then(|| "forgetting.measure_only=true".to_string()))
+                .chain(set)
+                .chain(device.set())
+                .collect();
             let cfg = bench::forgetting::load_config(config.as_deref(), quick, &set)?;
-            let out = if report { bench::forgetting::report_only(&cfg, quick)? } else { bench::forgetting::run(&cfg, quick)? };
+            let out = if report {
+                bench::forgetting::report_only(&cfg, quick)?
+            } else {
+                bench::forgetting::run(&cfg, quick, &memtune::device::open(&cfg.run.device)?)?
+            };
             println!("{}", out.table);
             println!("results: {}\nplot: {} (and .svg)", out.out.join("results.jsonl").display(), out.out.join("pareto.png").display());
             Ok(())
@@ -498,7 +518,7 @@ fn run(cli: Cli) -> Result<()> {
                     bench::generate::run(&m.model, m.store.num_elements(), &o)?
                 }
                 None => {
-                    let b = bench::step::StepBench::new(&cfg)?;
+                    let b = bench::step::StepBench::new(&cfg, &device)?;
                     bench::generate::run(&b.model, b.store.num_elements(), &o)?
                 }
             };
@@ -512,7 +532,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { command: BenchCommand::Step { cfg, method, warmup, steps } } => {
-            let report = bench::step::run(&cfg.with_method(method.as_deref()).load()?, warmup, steps, method.is_some())?;
+            let (cfg, device) = cfg.with_method(method.as_deref()).load_with_device()?;
+            let report = bench::step::run(&cfg, warmup, steps, method.is_some(), &device)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

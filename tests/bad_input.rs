@@ -45,7 +45,7 @@ fn tokenizer_vocab_mismatch_fails_before_training() {
     let tok_path = d.path().join("tok.json");
     tok.save(&tok_path).unwrap();
     let cfg = tiny_config(d.path(), &[&format!("data.tokenizer=\"{}\"", tok_path.display())]);
-    let e = err_of(pretrain::run(&cfg, false));
+    let e = err_of(pretrain::run(&cfg, false, &candle_core::Device::Cpu));
     assert!(matches!(e.downcast_ref::<MemtuneError>(), Some(MemtuneError::VocabMismatch { .. })), "{e}");
     assert!(e.to_string().contains("300") && e.to_string().contains("384"), "{e}");
     assert!(!Checkpoint::exists(&d.path().join("run/checkpoint")), "nothing may be trained");
@@ -56,18 +56,18 @@ fn missing_and_corrupt_checkpoints_are_clear_errors_and_nothing_is_overwritten()
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_config(d.path(), &["train.steps=3"]);
     // --resume with nothing to resume
-    let e = err_of(pretrain::run(&cfg, true));
+    let e = err_of(pretrain::run(&cfg, true, &candle_core::Device::Cpu));
     assert!(e.to_string().contains("no checkpoint"), "{e}");
     // a finished run is not silently overwritten
-    pretrain::run(&cfg, false).unwrap();
-    let e = err_of(pretrain::run(&cfg, false));
+    pretrain::run(&cfg, false, &candle_core::Device::Cpu).unwrap();
+    let e = err_of(pretrain::run(&cfg, false, &candle_core::Device::Cpu));
     assert!(e.to_string().contains("--resume"), "{e}");
     // truncate the weights: resuming names the file and leaves it as it was
     let model = d.path().join("run/checkpoint/model.safetensors");
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
     let resumed = tiny_config(d.path(), &["train.steps=6"]);
-    let e = err_of(pretrain::run(&resumed, true));
+    let e = err_of(pretrain::run(&resumed, true, &candle_core::Device::Cpu));
     assert!(matches!(e.downcast_ref::<MemtuneError>(), Some(MemtuneError::BadCheckpoint { .. })), "{e}");
     assert!(e.to_string().contains("model.safetensors"), "{e}");
     assert_eq!(std::fs::read(&model).unwrap(), &bytes[..bytes.len() / 2], "the checkpoint was touched");
@@ -82,12 +82,12 @@ fn missing_and_corrupt_checkpoints_are_clear_errors_and_nothing_is_overwritten()
 fn diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     let d = tempfile::tempdir().unwrap();
     let good = tiny_config(d.path(), &["train.steps=4"]);
-    pretrain::run(&good, false).unwrap();
+    pretrain::run(&good, false, &candle_core::Device::Cpu).unwrap();
     let model = d.path().join("run/checkpoint/model.safetensors");
     let before = std::fs::read(&model).unwrap();
     // resume with an absurd learning rate: weights blow up and the loss is no longer finite
     let bad = tiny_config(d.path(), &["train.steps=30", "train.lr=1e30", "train.grad_clip=0", "train.checkpoint_every=0"]);
-    let e = err_of(pretrain::run(&bad, true));
+    let e = err_of(pretrain::run(&bad, true, &candle_core::Device::Cpu));
     match e.downcast_ref::<MemtuneError>() {
         Some(MemtuneError::NonFiniteLoss { step, .. }) => assert!(*step > 4, "step {step}"),
         _ => panic!("expected NonFiniteLoss, got {e}"),

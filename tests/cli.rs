@@ -14,7 +14,7 @@ fn memtune(args: &[&str]) -> (bool, String, String) {
 fn score_eval_and_generate_on_a_trained_run() {
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_config(d.path(), &["train.steps=5"]);
-    memtune::train::pretrain::run(&cfg, false).unwrap();
+    memtune::train::pretrain::run(&cfg, false, &candle_core::Device::Cpu).unwrap();
     let run = d.path().join("run");
     let run = run.to_str().unwrap();
 
@@ -54,7 +54,8 @@ fn data_synth_and_tokenizer_train_write_files() {
     }
     let tok = d.path().join("tok.json");
     let bios = out.join("bios.jsonl");
-    let (ok, _, err) = memtune(&["tokenizer", "train", "--input", bios.to_str().unwrap(), "--vocab-size", "300", "--out", tok.to_str().unwrap()]);
+    let (ok, _, err) =
+        memtune(&["tokenizer", "train", "--input", bios.to_str().unwrap(), "--vocab-size", "300", "--out", tok.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert_eq!(memtune::data::tokenizer::Tokenizer::from_file(&tok).unwrap().vocab_size(), 300);
 }
@@ -113,8 +114,26 @@ fn inspect_and_bench_memory_report_json() {
     assert!(!ok && err.contains("does-not-exist"), "{err}");
 
     let (ok, out, err) = memtune(&[
-        "bench", "memory", "--n-keys", "8,16", "--tokens", "16", "--d-model", "16", "--heads", "2", "--knn", "4", "--k-dim", "8", "--v-dim", "8",
-        "--warmup", "0", "--reps", "1",
+        "bench",
+        "memory",
+        "--n-keys",
+        "8,16",
+        "--tokens",
+        "16",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--knn",
+        "4",
+        "--k-dim",
+        "8",
+        "--v-dim",
+        "8",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
     ]);
     assert!(ok, "{err}");
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -122,5 +141,8 @@ fn inspect_and_bench_memory_report_json() {
     assert_eq!(lines[1]["slots"], 256);
     assert!(lines[0]["ratio_to_first"].as_f64().unwrap() == 1.0);
     assert!(lines.iter().all(|l| l["value_read_gb_per_s"].as_f64().is_some_and(|g| g > 0.0)), "{out}");
-    assert!(lines.iter().all(|l| l["layer_fwd_gb_per_s"].as_f64().is_some_and(|g| g > 0.0) && l["value_read_ms"].as_f64().is_some()), "{out}");
+    assert!(
+        lines.iter().all(|l| l["layer_fwd_gb_per_s"].as_f64().is_some_and(|g| g > 0.0) && l["value_read_ms"].as_f64().is_some()),
+        "{out}"
+    );
 }

@@ -22,14 +22,14 @@ use memtune::config::{ExperimentConfig, Precision};
 use memtune::data::batches::SyntheticStream;
 use memtune::data::synthetic::World;
 use memtune::data::tokenizer::{train_bpe, Tokenizer};
-use memtune::model::memory::AccessCounts;
+use memtune::model::memory_trace::AccessCounts;
 use memtune::model::{FeedForward, ForwardCtx, Llama, MemoryConfig, ParamBuilder, ParamStore};
 use memtune::ops::gradcheck::{assert_close, randn};
 use memtune::ops::{self, RopeTables, IGNORE_INDEX};
 use memtune::train::optim::{default_groups, AdamW, AdamWParams, Optimizer};
 use memtune::train::pretrain::make_optimizer;
-use memtune::train::sparse_values::{LazyAdamW, RowGrads, SparseSgd, ValueBatch, ValueUpdate};
 use memtune::train::trainer::{dense_names, Trainer};
+use memtune::train::values::{LazyAdamW, RowGrads, SparseSgd, ValueBatch, ValueUpdate};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -111,7 +111,9 @@ fn integer_tensor(shape: &[usize], seed: u64) -> Tensor {
 #[test]
 fn product_key_topk_matches_cpu() {
     let Some(g) = gpu() else { return };
-    for (n_tok, heads, k_dim, n, knn, seed) in [(70usize, 2usize, 8usize, 16usize, 4usize, 1u64), (5, 3, 6, 9, 9, 2), (33, 1, 4, 40, 7, 3), (300, 4, 32, 128, 32, 4)] {
+    for (n_tok, heads, k_dim, n, knn, seed) in
+        [(70usize, 2usize, 8usize, 16usize, 4usize, 1u64), (5, 3, 6, 9, 9, 2), (33, 1, 4, 40, 7, 3), (300, 4, 32, 128, 32, 4)]
+    {
         let q = integer_tensor(&[n_tok, heads, k_dim], seed);
         let keys = integer_tensor(&[heads, 2, n, k_dim / 2], seed + 10);
         let f = |a: &[Tensor]| ops::product_key_topk(&a[0], &a[1], knn).unwrap().0;
@@ -153,7 +155,7 @@ fn embedding_bag_from_table_matches_cpu() {
     let Some(g) = gpu() else { return };
     let (n, m, rows, d) = (90, 8, 300, 37);
     let slots: Vec<u32> = (0..(n * m) as u64).map(|i| ((i * i * 7 + 3) % rows as u64) as u32).collect();
-    let (unique, inv) = memtune::model::memory::unique_inverse(&slots);
+    let (unique, inv) = memtune::ops::slots::unique_inverse(&slots);
     let (slots, inv) = (Arc::new(slots), Arc::new(inv));
     let table = randn((rows, d), 64).unwrap();
     let inputs = [randn((n, 2, m / 2), 65).unwrap(), Tensor::zeros((unique.len(), d), DType::F32, &Device::Cpu).unwrap()];
@@ -230,7 +232,15 @@ fn sparse_value_updates_match_cpu() {
         }
         let mut keys: Vec<&String> = stc.keys().collect();
         keys.sort();
-        assert_eq!(keys, { let mut k: Vec<&String> = stg.keys().collect(); k.sort(); k }, "{what}: state names");
+        assert_eq!(
+            keys,
+            {
+                let mut k: Vec<&String> = stg.keys().collect();
+                k.sort();
+                k
+            },
+            "{what}: state names"
+        );
         for k in keys {
             if stc[k].dtype() == DType::U32 {
                 assert_eq!(stg[k].to_vec1::<u32>().unwrap(), stc[k].to_vec1::<u32>().unwrap(), "{what}: {k}");
@@ -248,7 +258,8 @@ fn sparse_value_updates_match_cpu() {
             let (ta, tb) = (tg.to_device(&g).unwrap(), tc.copy().unwrap());
             let access = AccessCounts::default();
             a.step(&ta, &ValueBatch { grads: &row_grads(&[3, 40, 41], d, 30, &g), access: &access, lr_mult: 1.0, step: 4 }).unwrap();
-            b.step(&tb, &ValueBatch { grads: &row_grads(&[3, 40, 41], d, 30, &Device::Cpu), access: &access, lr_mult: 1.0, step: 4 }).unwrap();
+            b.step(&tb, &ValueBatch { grads: &row_grads(&[3, 40, 41], d, 30, &Device::Cpu), access: &access, lr_mult: 1.0, step: 4 })
+                .unwrap();
             assert_close(&cpu(&ta), &tb, 1e-5, &format!("{what}: step after reload"));
         }
     }
@@ -264,8 +275,12 @@ fn dense_adamw_matches_cpu() {
         let names = vec!["a".to_string(), "b".to_string()];
         let mut opt = AdamW::new(&store, default_groups(&store, &names, 0.1), AdamWParams::default()).unwrap();
         for s in 0..3 {
-            let grads: HashMap<String, Tensor> =
-                [("a", (33usize, 17usize)), ("b", (50, 1))].iter().map(|(n, sh)| (n.to_string(), randn(*sh, 10 + s).unwrap().reshape(store.get(n).unwrap().shape()).unwrap().to_device(dev).unwrap())).collect();
+            let grads: HashMap<String, Tensor> = [("a", (33usize, 17usize)), ("b", (50, 1))]
+                .iter()
+                .map(|(n, sh)| {
+                    (n.to_string(), randn(*sh, 10 + s).unwrap().reshape(store.get(n).unwrap().shape()).unwrap().to_device(dev).unwrap())
+                })
+                .collect();
             opt.step(&grads, 1e-2).unwrap();
         }
         (cpu(store.get("a").unwrap().as_tensor()), cpu(store.get("b").unwrap().as_tensor()))
@@ -279,7 +294,12 @@ fn dense_adamw_matches_cpu() {
 fn tiny_memory() -> &'static (ExperimentConfig, World, Tokenizer) {
     static SETUP: OnceLock<(ExperimentConfig, World, Tokenizer)> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let cfg = ExperimentConfig::from_toml_str(include_str!("../configs/tiny-memory-test.toml"), "tiny-memory-test.toml", &["train.steps=20".to_string()]).unwrap();
+        let cfg = ExperimentConfig::from_toml_str(
+            include_str!("../configs/tiny-memory-test.toml"),
+            "tiny-memory-test.toml",
+            &["train.steps=20".to_string()],
+        )
+        .unwrap();
         let world = World::generate(&cfg.data.world);
         let tok = train_bpe(world.corpus_sample(400, 0), cfg.model.vocab_size).unwrap();
         (cfg, world, tok)

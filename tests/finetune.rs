@@ -7,12 +7,13 @@
 //! - `memtune background` stores the index in the checkpoint; `memtune finetune` runs end to end.
 
 use candle_core::{Device, Tensor};
-use memtune::bench::finetune::{facts_for, load_base, run_method, Base};
+use memtune::bench::finetune::{facts_for, run_method};
 use memtune::config::{ExperimentConfig, MethodKind, Ranking, SparseOptimizer, TopT};
 use memtune::data::facts::Fact;
 use memtune::eval::qa::statement_completion;
 use memtune::model::{access_counts, ForwardCtx, VALUES_NAME};
 use memtune::train::background::build_and_store;
+use memtune::train::base_model::{load_base, Base};
 use memtune::train::tfidf::{BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,8 +28,13 @@ fn pretrained() -> &'static Path {
     &DIR.get_or_init(|| {
         let d = tempfile::tempdir().unwrap();
         let run = d.path().join("run");
-        let cfg = ExperimentConfig::from_toml_str(TINY_MEMORY, "tiny-memory-test.toml", &[format!("run.dir=\"{}\"", run.display()), "train.steps=300".into()]).unwrap();
-        memtune::train::pretrain::run(&cfg, false).unwrap();
+        let cfg = ExperimentConfig::from_toml_str(
+            TINY_MEMORY,
+            "tiny-memory-test.toml",
+            &[format!("run.dir=\"{}\"", run.display()), "train.steps=300".into()],
+        )
+        .unwrap();
+        memtune::train::pretrain::run(&cfg, false, &candle_core::Device::Cpu).unwrap();
         let bg = memtune::config::BackgroundConfig { batches: 200, ..Default::default() };
         let r = build_and_store(&run, &bg, &Device::Cpu, |_, _| {}).unwrap();
         assert_eq!(r.batches, 200);
@@ -116,7 +122,8 @@ fn sparse_memory_updates_only_the_top_t_rows_and_rankings_differ() {
     let adam_values = adam.store.get(VALUES_NAME).unwrap().as_tensor().copy().unwrap();
     assert_eq!(changed_rows(&values0, &adam_values), picks[0], "adam must update the rows tfidf picks");
     // Adam's first step moves every element of a picked row by ~lr, whatever the gradient's scale.
-    let delta = (&adam_values - &values0).unwrap().abs().unwrap().index_select(&Tensor::new(&picks[0][..], &Device::Cpu).unwrap(), 0).unwrap();
+    let delta =
+        (&adam_values - &values0).unwrap().abs().unwrap().index_select(&Tensor::new(&picks[0][..], &Device::Cpu).unwrap(), 0).unwrap();
     let delta: Vec<f32> = delta.flatten_all().unwrap().to_vec1().unwrap();
     let near_lr = delta.iter().filter(|&&x| (x - 1e-2).abs() < 1e-3).count();
     assert!(near_lr * 10 > delta.len() * 9, "adam's first step: only {near_lr} of {} elements moved by ~lr", delta.len());
@@ -153,7 +160,8 @@ fn lora_leaves_the_base_bit_identical_and_saves_peft_files() {
     // 2 layers × (q, v) + layer 0's MLP (layer 1's MLP is the memory layer, which has no `up_proj`).
     assert_eq!(saved.len(), 2 * (2 * 2 + 1));
     assert!(saved.contains_key("base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight"));
-    let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("adapter/adapter_config.json")).unwrap()).unwrap();
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("adapter/adapter_config.json")).unwrap()).unwrap();
     assert_eq!((conf["r"].as_u64(), conf["peft_type"].as_str()), (Some(4), Some("LORA")));
     // The merged model folder loads and computes what the adapted model did.
     let merged = memtune::model::pretrained::load_model_dir(&d.path().join("checkpoint"), &Device::Cpu).unwrap();
@@ -182,7 +190,10 @@ fn finetuning_raises_new_fact_accuracy() {
     // A weak model (d 64, 300 steps): each of 4 facts is trained on 10 times; the measure is
     // statement completion on the facts' own statements (0 before for every method).
     let settings: [(MethodKind, &[&str]); 3] = [
-        (MethodKind::SparseMemory, &["finetune.sparse_memory.lr=300", "finetune.sparse_memory.top_t=400", "finetune.sparse_memory.steps_per_fact=10"]),
+        (
+            MethodKind::SparseMemory,
+            &["finetune.sparse_memory.lr=300", "finetune.sparse_memory.top_t=400", "finetune.sparse_memory.steps_per_fact=10"],
+        ),
         (MethodKind::Lora, &["finetune.lora.lr=1e-2", "finetune.lora.steps_per_fact=10"]),
         (MethodKind::Full, &["finetune.full.lr=1e-3", "finetune.full.steps_per_fact=10"]),
     ];
@@ -205,7 +216,13 @@ fn finetuning_with_bf16_matmuls_learns_and_leaves_frozen_masters_bit_identical()
     // cast, never written; top-t rows still move; the facts are still learned.
     let base = base();
     let values0 = base.store.get(VALUES_NAME).unwrap().as_tensor().copy().unwrap();
-    let c = cfg(&["finetune.facts=4", "finetune.precision=\"bf16\"", "finetune.sparse_memory.lr=300", "finetune.sparse_memory.top_t=400", "finetune.sparse_memory.steps_per_fact=10"]);
+    let c = cfg(&[
+        "finetune.facts=4",
+        "finetune.precision=\"bf16\"",
+        "finetune.sparse_memory.lr=300",
+        "finetune.sparse_memory.top_t=400",
+        "finetune.sparse_memory.steps_per_fact=10",
+    ]);
     let facts = facts_for(&c.finetune, base.world.as_ref()).unwrap();
     let before = statement_completion(&base.model, &base.tokenizer, &facts).unwrap();
     let (tuned, out) = run_method(&base, &c.finetune, &facts, |_, _| {}).unwrap();
@@ -241,7 +258,9 @@ fn background_and_finetune_commands() {
     let d = tempfile::tempdir().unwrap();
     let run = d.path().join("run");
     let cfgs = ["--config", "configs/tiny-memory-test.toml"];
-    let (ok, _, err) = memtune(&[&["pretrain"][..], &cfgs[..], &["--set", "train.steps=5", "--set", &format!("run.dir=\"{}\"", run.display())]].concat()[..]);
+    let (ok, _, err) = memtune(
+        &[&["pretrain"][..], &cfgs[..], &["--set", "train.steps=5", "--set", &format!("run.dir=\"{}\"", run.display())]].concat()[..],
+    );
     assert!(ok, "{err}");
     let r = run.to_str().unwrap();
     // sparse-memory with tfidf before the index exists: a clear error.
@@ -252,7 +271,8 @@ fn background_and_finetune_commands() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!((v["batches"].as_u64(), v["slots"].as_u64()), (Some(10), Some(1024)));
     for m in ["sparse-memory", "lora", "full"] {
-        let (ok, out, err) = memtune(&["finetune", "--model", r, "--method", m, "--set", "finetune.facts=3", "--set", "finetune.paraphrases=2"]);
+        let (ok, out, err) =
+            memtune(&["finetune", "--model", r, "--method", m, "--set", "finetune.facts=3", "--set", "finetune.paraphrases=2"]);
         assert!(ok, "{m}: {err}");
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!((v["method"].as_str(), v["steps"].as_u64()), (Some(m), Some(3)), "{out}");
@@ -279,7 +299,9 @@ fn batched_qa_gives_the_sequential_answers() {
 #[test]
 fn finetune_config_errors_name_the_key() {
     let err = |sets: &[&str]| {
-        ExperimentConfig::from_toml_str(TINY_MEMORY, "t.toml", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err().to_string()
+        ExperimentConfig::from_toml_str(TINY_MEMORY, "t.toml", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap_err()
+            .to_string()
     };
     let c = cfg(&["finetune.sparse_memory.top_t=\"all\"", "finetune.sparse_memory.ranking=\"random\""]);
     assert_eq!((c.finetune.sparse_memory.top_t, c.finetune.sparse_memory.ranking), (TopT(None), Ranking::Random));
@@ -293,7 +315,12 @@ fn finetune_config_errors_name_the_key() {
     assert!(err(&["finetune.full.steps_per_fact=0"]).contains("finetune.full.steps_per_fact"));
     assert!(err(&["background.batches=0"]).contains("background.batches"));
     // Grids: every combination, in order; unknown keys and bad values name the grid key.
-    let c = cfg(&["forgetting.methods=[\"sparse-memory\", \"lora\"]", "forgetting.grid.sparse_memory.lr=[10, 30]", "forgetting.grid.sparse_memory.top_t=[50, \"all\"]", "forgetting.grid.lora.rank=[4]"]);
+    let c = cfg(&[
+        "forgetting.methods=[\"sparse-memory\", \"lora\"]",
+        "forgetting.grid.sparse_memory.lr=[10, 30]",
+        "forgetting.grid.sparse_memory.top_t=[50, \"all\"]",
+        "forgetting.grid.lora.rank=[4]",
+    ]);
     let runs = c.forgetting.runs(&c.finetune).unwrap();
     assert_eq!(runs.len(), 5);
     assert_eq!(runs[1].method, MethodKind::SparseMemory);

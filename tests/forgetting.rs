@@ -70,7 +70,11 @@ fn quick_forgetting_benchmark_writes_results_table_and_plot() {
     assert!(std::fs::read_to_string(res.join("pareto.svg")).unwrap().contains("<svg"));
     // The pretrained model (and its background index) is reused by config hash: its checkpoint
     // is not written again.
-    let pre: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("pretrain-")).collect();
+    let pre: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("pretrain-"))
+        .collect();
     assert_eq!(pre.len(), 1, "{pre:?}");
     let model = pre[0].join("checkpoint/model.safetensors");
     let stamp = || std::fs::metadata(&model).unwrap().modified().unwrap();

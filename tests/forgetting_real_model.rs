@@ -23,7 +23,8 @@ fn args(parts: &[&str], sets: &[String]) -> Vec<String> {
     a
 }
 
-const WORDS: [&str; 12] = ["river", "stone", "garden", "violet", "harbor", "lantern", "meadow", "copper", "falcon", "winter", "orchard", "canyon"];
+const WORDS: [&str; 12] =
+    ["river", "stone", "garden", "violet", "harbor", "lantern", "meadow", "copper", "falcon", "winter", "orchard", "canyon"];
 
 /// Text, facts, QA and multiple-choice files in the documented formats.
 fn write_data(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
@@ -40,7 +41,14 @@ fn write_data(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
         .collect();
     std::fs::write(&facts, lines.join("\n")).unwrap();
     let known = dir.join("known.jsonl");
-    std::fs::write(&known, (0..6).map(|i| serde_json::json!({ "question": format!("What is {}?", WORDS[i]), "answers": [WORDS[i + 1]] }).to_string()).collect::<Vec<_>>().join("\n")).unwrap();
+    std::fs::write(
+        &known,
+        (0..6)
+            .map(|i| serde_json::json!({ "question": format!("What is {}?", WORDS[i]), "answers": [WORDS[i + 1]] }).to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
     let choice = dir.join("choice.json");
     let ex: Vec<serde_json::Value> = (0..8).map(|i| serde_json::json!({ "input": format!("Where is the {}?", WORDS[i]), "target_scores": { WORDS[i + 1]: 1, WORDS[i + 2]: 0, WORDS[i + 3]: 0 } })).collect();
     std::fs::write(&choice, serde_json::json!({ "examples": ex }).to_string()).unwrap();
@@ -119,13 +127,27 @@ fn real_model_path_runs_every_method_with_real_probes_and_writes_nothing_into_th
     let out = tmp.path().join("bench");
     let bench = |model: &Path, facts: &Path| {
         // --quick: the preset's overrides apply first, the test's own (tiny) ones win.
-        let a = args(&["bench", "forgetting", "--config", "configs/forgetting-smollm2.toml", "--quick", "--model", model.to_str().unwrap(), "--facts", facts.to_str().unwrap()], &probe_sets(&known, &corpus, &choice, &out));
+        let a = args(
+            &[
+                "bench",
+                "forgetting",
+                "--config",
+                "configs/forgetting-smollm2.toml",
+                "--quick",
+                "--model",
+                model.to_str().unwrap(),
+                "--facts",
+                facts.to_str().unwrap(),
+            ],
+            &probe_sets(&known, &corpus, &choice, &out),
+        );
         memtune(&a)
     };
     let (ok, stdout, err) = bench(&retro, &facts);
     assert!(ok, "bench failed: {err}");
     assert_eq!(tree_bytes(&retro), before, "the benchmark wrote into the model folder");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let methods: Vec<&str> = lines.iter().map(|l| l["method"].as_str().unwrap()).collect();
     assert_eq!(methods, ["sparse-memory", "lora", "full"]);
     for l in &lines {
@@ -141,7 +163,12 @@ fn real_model_path_runs_every_method_with_real_probes_and_writes_nothing_into_th
     assert_eq!(lines[2]["steps"].as_u64(), Some(10), "{}", lines[2]);
     // Full finetuning changed the model: its held-out perplexity moved.
     assert_ne!(lines[2]["perplexity_before"], lines[2]["perplexity_after"]);
-    assert!(stdout.contains("Held-out text perplexity") && stdout.contains("Multiple choice (log-likelihood)") && stdout.contains("right after each fact"), "{stdout}");
+    assert!(
+        stdout.contains("Held-out text perplexity")
+            && stdout.contains("Multiple choice (log-likelihood)")
+            && stdout.contains("right after each fact"),
+        "{stdout}"
+    );
     assert!(out.join("pareto.png").exists() && out.join("pareto.svg").exists());
 
     // A fact without a question: named by file and line, before any training.

@@ -111,7 +111,11 @@ fn max_abs(a: &[f32]) -> f32 {
 
 /// llama.cpp's tensor name for a Hugging Face one.
 fn gguf_name(hf: &str) -> String {
-    let top = [("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight"), ("lm_head.weight", "output.weight")];
+    let top = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
     if let Some((_, g)) = top.iter().find(|(h, _)| *h == hf) {
         return g.to_string();
     }

@@ -25,9 +25,15 @@ struct Expected {
 }
 
 fn expected(dir: &str) -> Expected {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("expected_logits.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("expected_logits.json")).unwrap()).unwrap();
     let input_ids = v["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let logits = v["logits"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect();
+    let logits = v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
     Expected { input_ids, logits }
 }
 

@@ -136,7 +136,11 @@ fn finetuning_a_cached_repo_writes_to_the_run_directory_not_the_cache() {
     let work = tempfile::tempdir().unwrap();
     let snap = cache_repo(root.path(), "test-org/tiny-qwen2", QWEN2, 1);
     let facts = work.path().join("facts.jsonl");
-    std::fs::write(&facts, "{\"statement\": \"The capital of France is Paris.\", \"question\": \"The capital of France is\", \"answer\": \"Paris\"}\n").unwrap();
+    std::fs::write(
+        &facts,
+        "{\"statement\": \"The capital of France is Paris.\", \"question\": \"The capital of France is\", \"answer\": \"Paris\"}\n",
+    )
+    .unwrap();
     let run_dir = work.path().join("run");
     let out = Command::new(env!("CARGO_BIN_EXE_memtune"))
         .args(["finetune", "--model", "test-org/tiny-qwen2", "--method", "lora"])

@@ -9,7 +9,16 @@ use memtune::train::optim::{default_groups, AdamW, AdamWParams};
 use memtune::train::trainer::Trainer;
 
 fn cfg() -> LlamaConfig {
-    LlamaConfig { vocab_size: 40, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 32, ..Default::default() }
+    LlamaConfig {
+        vocab_size: 40,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 32,
+        ..Default::default()
+    }
 }
 
 fn logits(m: &Llama, x: &Tensor) -> Vec<f32> {
@@ -17,7 +26,8 @@ fn logits(m: &Llama, x: &Tensor) -> Vec<f32> {
 }
 
 fn lora_model(store: &ParamStore, lc: &LoraConfig) -> Llama {
-    let pb = ParamBuilder::existing(store, &Device::Cpu).with_init_missing(5).with_lora(lc.clone()).with_trainable(|n| n.contains(".lora_"));
+    let pb =
+        ParamBuilder::existing(store, &Device::Cpu).with_init_missing(5).with_lora(lc.clone()).with_trainable(|n| n.contains(".lora_"));
     Llama::new(&cfg(), &pb).unwrap()
 }
 
@@ -29,7 +39,8 @@ fn lora_trains_only_adapters_and_merges_back() {
     let x = Tensor::from_vec((0..24u32).map(|i| i * 5 % 40).collect::<Vec<_>>(), (2, 12), &dev).unwrap();
     let y = Tensor::from_vec((0..24u32).map(|i| (i * 7 + 3) % 40).collect::<Vec<_>>(), (2, 12), &dev).unwrap();
     let before = logits(&base, &x);
-    let base_weights: Vec<(String, Vec<f32>)> = store.all().iter().map(|(n, v)| (n.clone(), v.flatten_all().unwrap().to_vec1().unwrap())).collect();
+    let base_weights: Vec<(String, Vec<f32>)> =
+        store.all().iter().map(|(n, v)| (n.clone(), v.flatten_all().unwrap().to_vec1().unwrap())).collect();
 
     let lc = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: vec!["q".into(), "v".into(), "down".into()] };
     let model = lora_model(&store, &lc);
@@ -45,7 +56,9 @@ fn lora_trains_only_adapters_and_merges_back() {
     let mut src = memtune::data::batches::PackedStream::new(
         {
             let (x, y) = (x.clone(), y.clone());
-            move |_k: u64| -> anyhow::Result<Vec<u32>> { Ok(x.flatten_all()?.to_vec1::<u32>()?.into_iter().chain(y.flatten_all()?.to_vec1::<u32>()?).collect()) }
+            move |_k: u64| -> anyhow::Result<Vec<u32>> {
+                Ok(x.flatten_all()?.to_vec1::<u32>()?.into_iter().chain(y.flatten_all()?.to_vec1::<u32>()?).collect())
+            }
         },
         0,
         2,
@@ -97,7 +110,11 @@ fn delta_is_scaled_by_alpha_over_rank_only() {
     let model = lora_model(&store, &lc);
     let lin = &model.layers[0].self_attn.o_proj;
     let ad = lin.lora.as_ref().unwrap();
-    store.get("model.layers.0.self_attn.o_proj.lora_B.weight").unwrap().set(&Tensor::ones((32, 2), candle_core::DType::F32, &dev).unwrap()).unwrap();
+    store
+        .get("model.layers.0.self_attn.o_proj.lora_B.weight")
+        .unwrap()
+        .set(&Tensor::ones((32, 2), candle_core::DType::F32, &dev).unwrap())
+        .unwrap();
     let x = Tensor::ones((3, 32), candle_core::DType::F32, &dev).unwrap();
     let y = lin.forward(&x).unwrap();
     let base = x.matmul(&lin.weight.t().unwrap()).unwrap();

@@ -64,7 +64,10 @@ fn memory_layer_lowers_heldout_loss_and_reaches_most_slots() {
 
     let plain = LlamaConfig { memory: None, ..cfg.model.clone() };
     let store_empty = ParamStore::new();
-    let empty = Llama::with_ffn(&plain, &ParamBuilder::fresh(&store_empty, 0, &dev), |_, _| -> Result<Box<dyn FeedForward>> { Ok(Box::new(Empty)) }).unwrap();
+    let empty = Llama::with_ffn(&plain, &ParamBuilder::fresh(&store_empty, 0, &dev), |_, _| -> Result<Box<dyn FeedForward>> {
+        Ok(Box::new(Empty))
+    })
+    .unwrap();
     let loss_empty = train(&cfg, &empty, &store_empty, &world, &tok);
 
     let store_mlp = ParamStore::new();
@@ -78,7 +81,8 @@ fn memory_layer_lowers_heldout_loss_and_reaches_most_slots() {
     // Measured: the memory's gain over the empty slot is 0.90–1.13 of the MLP's.
     assert!(loss_empty - loss_memory > 0.75 * (loss_empty - loss_mlp), "the memory recovers too little of the MLP's gain; {msg}");
 
-    let mut held = SyntheticStream::new(world.clone(), tok.clone(), 7, cfg.data.qa_fraction, cfg.train.batch_size, cfg.train.seq_len).unwrap();
+    let mut held =
+        SyntheticStream::new(world.clone(), tok.clone(), 7, cfg.data.qa_fraction, cfg.train.batch_size, cfg.train.seq_len).unwrap();
     let report = inspect(&with_memory, &mut held as &mut dyn BatchSource, 16, 5).unwrap();
     println!(
         "memory: {:.3} of {} slots reached, access entropy {:.2} of {:.2} bits",

@@ -2,7 +2,7 @@
 //! query, keys, W1, W2 and the value rows), the sparse value gradient against a dense autograd
 //! reference at a realistic size, the qk-norm's score scale, sparse training steps that leave
 //! untouched value rows bit-identical and follow the schedule, the parallel placement's start,
-//! access accounting with padding, and a checkpoint round trip under the DESIGN.md tensor names.
+//! access accounting with padding, and a checkpoint round trip under the tensor names of docs/design.md ("The memory layer").
 
 mod common;
 
@@ -11,11 +11,10 @@ use memtune::data::batches::{BatchSource, PackedStream};
 use memtune::io::checkpoint::{Checkpoint, CheckpointMeta};
 use memtune::model::memory::{value_table, MemoryLayer};
 use memtune::model::{
-    access_counts, FeedForward, ForwardCtx, Llama, LlamaConfig, MemoryConfig, MemoryPlacement, ParamBuilder, ParamStore,
-    VALUES_NAME,
+    access_counts, FeedForward, ForwardCtx, Llama, LlamaConfig, MemoryConfig, MemoryPlacement, ParamBuilder, ParamStore, VALUES_NAME,
 };
 use memtune::ops::gradcheck::{assert_grads, randn, GradCheckOpts};
-use memtune::train::optim::{optimizer_from_config, default_groups};
+use memtune::train::optim::{default_groups, optimizer_from_config};
 use memtune::train::trainer::{dense_names, Trainer};
 use std::collections::{HashMap, HashSet};
 
@@ -117,7 +116,9 @@ fn tiny_memory_model(placement: MemoryPlacement, value_lr: f64) -> LlamaConfig {
 }
 
 fn random_stream(vocab: u32, seed: u64) -> PackedStream<impl FnMut(u64) -> anyhow::Result<Vec<u32>>> {
-    let docs = move |k: u64| -> anyhow::Result<Vec<u32>> { Ok((0..20).map(|i| ((k * 31 + i * 7 + seed) % (vocab as u64 - 1) + 1) as u32).collect()) };
+    let docs = move |k: u64| -> anyhow::Result<Vec<u32>> {
+        Ok((0..20).map(|i| ((k * 31 + i * 7 + seed) % (vocab as u64 - 1) + 1) as u32).collect())
+    };
     PackedStream::new(docs, 0, 2, 8, "test", seed, 0).unwrap()
 }
 
@@ -297,7 +298,7 @@ fn value_gradients_match_dense_reference_at_scale() {
     let mut ctx = ForwardCtx::default();
     let out = layer.forward(&x, &mut ctx).unwrap();
     let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let rg = memtune::train::sparse_values::RowGrads::from_traces(&ctx.memory, &grads).unwrap().unwrap();
+    let rg = memtune::train::values::RowGrads::from_traces(&ctx.memory, &grads).unwrap().unwrap();
     let mut sparse = vec![0f32; m.n_slots() * vd];
     let g: Vec<f32> = rg.grads.flatten_all().unwrap().to_vec1().unwrap();
     for (i, &row) in rg.rows.iter().enumerate() {

@@ -12,8 +12,8 @@ fn loss_falls_and_runs_are_deterministic() {
     let b = tempfile::tempdir().unwrap();
     let cfg_a = tiny_config(a.path(), &["train.steps=40"]);
     let cfg_b = tiny_config(b.path(), &["train.steps=40"]);
-    pretrain::run(&cfg_a, false).unwrap();
-    pretrain::run(&cfg_b, false).unwrap();
+    pretrain::run(&cfg_a, false, &candle_core::Device::Cpu).unwrap();
+    pretrain::run(&cfg_b, false, &candle_core::Device::Cpu).unwrap();
     let la = losses(&a.path().join("run"));
     let lb = losses(&b.path().join("run"));
     assert_eq!(la.len(), 40);
@@ -27,7 +27,8 @@ fn loss_falls_and_runs_are_deterministic() {
 fn bf16_matmuls_track_the_f32_run_and_keep_f32_masters() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let run = |d: &tempfile::TempDir, p: &str| {
-        pretrain::run(&tiny_config(d.path(), &["train.steps=40", &format!("train.precision=\"{p}\"")]), false).unwrap();
+        pretrain::run(&tiny_config(d.path(), &["train.steps=40", &format!("train.precision=\"{p}\"")]), false, &candle_core::Device::Cpu)
+            .unwrap();
         losses(&d.path().join("run"))
     };
     let (f32s, bf16, again) = (run(&dirs[0], "f32"), run(&dirs[1], "bf16"), run(&dirs[2], "bf16"));
@@ -36,7 +37,10 @@ fn bf16_matmuls_track_the_f32_run_and_keep_f32_masters() {
     for ((step, a), (_, b)) in f32s.iter().zip(&bf16) {
         assert!((a - b).abs() <= 0.02 * a, "step {step}: bf16 loss {b} is more than 2% from f32's {a}");
     }
-    assert!(bf16[35..].iter().map(|x| x.1).sum::<f32>() / 5.0 < bf16[..5].iter().map(|x| x.1).sum::<f32>() / 5.0 - 1.0, "bf16 loss did not fall");
+    assert!(
+        bf16[35..].iter().map(|x| x.1).sum::<f32>() / 5.0 < bf16[..5].iter().map(|x| x.1).sum::<f32>() / 5.0 - 1.0,
+        "bf16 loss did not fall"
+    );
     let ck = Checkpoint::load(&dirs[1].path().join("run/checkpoint"), &candle_core::Device::Cpu).unwrap();
     for (name, t) in ck.model.iter().chain(&ck.optimizer) {
         assert!(matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::U32), "{name} saved as {:?}", t.dtype());
@@ -82,13 +86,13 @@ fn resume_is_bit_exact(extra: &[&str], optimizer_keys: &[&str]) {
     let mut opts = vec!["train.steps=16", "train.grad_accum=2", "train.checkpoint_every=4"];
     opts.extend_from_slice(extra);
     let full = tiny_config(a.path(), &opts);
-    pretrain::run(&full, false).unwrap();
+    pretrain::run(&full, false, &candle_core::Device::Cpu).unwrap();
 
     let cut = tiny_config(b.path(), &opts);
-    let out = pretrain::run_until(&cut, false, Some(7)).unwrap();
+    let out = pretrain::run_until(&cut, false, Some(7), &candle_core::Device::Cpu).unwrap();
     assert_eq!(out.steps, 7);
     drop(out);
-    pretrain::run(&cut, true).unwrap();
+    pretrain::run(&cut, true, &candle_core::Device::Cpu).unwrap();
 
     let (la, lb) = (losses(&a.path().join("run")), losses(&b.path().join("run")));
     assert_eq!(la.len(), 16);

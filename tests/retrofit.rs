@@ -6,12 +6,13 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use memtune::bench::finetune::{facts_for, load_base, run_method};
+use memtune::bench::finetune::{facts_for, run_method};
 use memtune::config::{ExperimentConfig, MethodKind};
 use memtune::data::batches::BatchSource;
 use memtune::model::pretrained::load_model_dir;
 use memtune::model::{ForwardCtx, ParamStore, VALUES_NAME};
 use memtune::train::background::build_and_store;
+use memtune::train::base_model::load_base;
 use memtune::train::pretrain::{init_model, is_memory_param, run, with_init_model};
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -47,9 +48,13 @@ fn retrofit_config(dir: &std::path::Path, base: &std::path::Path, corpus: &std::
 
 /// A trained model without memory (`steps` steps) in `<tmp>/run`, and a text corpus (JSONL) of
 /// `docs` documents from the same world.
-fn base_and_corpus(tmp: &std::path::Path, steps: usize, docs: usize) -> (std::path::PathBuf, memtune::model::pretrained::LoadedModel, memtune::data::synthetic::World, std::path::PathBuf) {
+fn base_and_corpus(
+    tmp: &std::path::Path,
+    steps: usize,
+    docs: usize,
+) -> (std::path::PathBuf, memtune::model::pretrained::LoadedModel, memtune::data::synthetic::World, std::path::PathBuf) {
     let base_cfg = common::tiny_config(tmp, &[&format!("train.steps={steps}")]);
-    run(&base_cfg, false).unwrap();
+    run(&base_cfg, false, &candle_core::Device::Cpu).unwrap();
     let base_dir = tmp.join("run");
     let base = load_model_dir(&base_dir, &Device::Cpu).unwrap();
     let world = memtune::data::synthetic::World::generate(&base_cfg.data.world);
@@ -86,7 +91,7 @@ fn retrofit_starts_unchanged_trains_only_the_memory_and_finetunes() {
     }
 
     // Continued pretraining on the text corpus: only the memory moves, the loss falls.
-    let out = run(&cfg, false).unwrap();
+    let out = run(&cfg, false, &candle_core::Device::Cpu).unwrap();
     let losses = common::losses(&tmp.path().join("retro"));
     let head: f32 = losses[..10].iter().map(|x| x.1).sum::<f32>() / 10.0;
     let tail: f32 = losses[losses.len() - 10..].iter().map(|x| x.1).sum::<f32>() / 10.0;
@@ -130,10 +135,11 @@ fn memory_values_retrofit_standardises_the_query_then_keeps_the_addressing_fixed
     let tmp = tempfile::tempdir().unwrap();
     let (base_dir, base, _, corpus) = base_and_corpus(tmp.path(), 20, 100);
     let retrofit = |name: &str, steps: usize, stats: usize| {
-        let extra = [format!("train.steps={steps}"), "init.trainable=\"memory-values\"".into(), format!("init.query_stats_batches={stats}")];
+        let extra =
+            [format!("train.steps={steps}"), "init.trainable=\"memory-values\"".into(), format!("init.query_stats_batches={stats}")];
         let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
         let cfg = with_init_model(&retrofit_config(&tmp.path().join(name), &base_dir, &corpus, &extra)).unwrap();
-        run(&cfg, false).unwrap().store.tensors()
+        run(&cfg, false, &candle_core::Device::Cpu).unwrap().store.tensors()
     };
     let raw = retrofit("raw", 1, 0);
     let short = retrofit("short", 1, 2);

@@ -10,15 +10,15 @@
 //! - `memtune seal` on the preset writes every file with the documented schema.
 
 use candle_core::{Device, Tensor, Var};
-use memtune::bench::finetune::Base;
 use memtune::config::{AnswerMetric, ExperimentConfig, MethodKind, SealFilter};
 use memtune::data::synthetic::Split;
 use memtune::ops::IGNORE_INDEX;
-use memtune::seal::inner::{closed_book, merged, model_over, reward, update, InnerSettings, Student};
+use memtune::seal::inner::{closed_book, merged, model_over, reward, update, InnerSettings, Repeats, Student};
 use memtune::seal::passages::{split_passages, Passage};
 use memtune::seal::rest_em::{select, sft_batches, sft_pair};
 use memtune::seal::self_edit::training_sequences;
 use memtune::seal::templates::{ChatFormat, QaFormat, SplitRule};
+use memtune::train::base_model::Base;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -41,7 +41,7 @@ fn cfg(sets: &[&str]) -> ExperimentConfig {
 /// The preset's model, pretrained once per test binary (the CLI test reuses it by config hash).
 fn base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
-    BASE.get_or_init(|| memtune::bench::forgetting::pretrained_base(&cfg(&[]), &Device::Cpu).unwrap())
+    BASE.get_or_init(|| memtune::train::base_model::pretrained_base(&cfg(&[]), &Device::Cpu).unwrap())
 }
 
 fn student(b: &Base) -> Student<'_> {
@@ -49,7 +49,12 @@ fn student(b: &Base) -> Student<'_> {
 }
 
 fn qa() -> QaFormat {
-    QaFormat { closed_book: "Q: {question} A:".into(), open_book: "{passage}\nQ: {question} A:".into(), chat: ChatFormat::Plain, answer_prefix: String::new() }
+    QaFormat {
+        closed_book: "Q: {question} A:".into(),
+        open_book: "{passage}\nQ: {question} A:".into(),
+        chat: ChatFormat::Plain,
+        answer_prefix: String::new(),
+    }
 }
 
 fn settings(method: MethodKind, sets: &[&str]) -> InnerSettings {
@@ -62,10 +67,13 @@ fn settings(method: MethodKind, sets: &[&str]) -> InnerSettings {
 fn bits(store: &memtune::model::ParamStore) -> Vec<(String, Vec<u32>)> {
     let mut names = store.names();
     names.sort();
-    names.into_iter().map(|n| {
-        let t = store.get(&n).unwrap().as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        (n, t.iter().map(|x| x.to_bits()).collect())
-    }).collect()
+    names
+        .into_iter()
+        .map(|n| {
+            let t = store.get(&n).unwrap().as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (n, t.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect()
 }
 
 /// The passage's questions with their answers as "Q: … A: …" lines: a perfect self-edit.
@@ -123,12 +131,16 @@ fn inner_loop_leaves_the_base_bit_identical_and_candidates_independent() {
         let a: Vec<String> = answer_lines(p).into_iter().chain([p.context.clone()]).collect();
         let other = vec!["Q: Where was Zoe Evans born? A: Lima".to_string(), p.context.clone()];
         let ua = bits(&update(&st, &s, &a, 11).unwrap().store);
-        let ra = reward(&st, &s, &qa(), p, &a, &before, 2, 5, 1).unwrap();
+        let ra = reward(&st, &s, &qa(), p, &a, &before, Repeats { n: 2, seed: 5, candidate: 1 }).unwrap();
         // Another candidate in between changes nothing for the next one.
         let _ = update(&st, &s, &other, 12).unwrap();
-        let _ = reward(&st, &s, &qa(), p, &other, &before, 2, 5, 2).unwrap();
+        let _ = reward(&st, &s, &qa(), p, &other, &before, Repeats { n: 2, seed: 5, candidate: 2 }).unwrap();
         assert_eq!(bits(&update(&st, &s, &a, 11).unwrap().store), ua, "{m:?}: same seed, same weights");
-        assert_eq!(reward(&st, &s, &qa(), p, &a, &before, 2, 5, 1).unwrap(), ra, "{m:?}: same seed, same reward");
+        assert_eq!(
+            reward(&st, &s, &qa(), p, &a, &before, Repeats { n: 2, seed: 5, candidate: 1 }).unwrap(),
+            ra,
+            "{m:?}: same seed, same reward"
+        );
         assert_eq!(bits(&b.store), before_bits, "{m:?}: the student's weights changed");
         assert_ne!(ua, before_bits, "{m:?}: the update changed nothing");
         for m in [AnswerMetric::Em, AnswerMetric::F1, AnswerMetric::Contains] {
@@ -202,7 +214,8 @@ fn filters_pick_what_they_should() {
 fn continual_retention_matrix_has_the_accuracy_right_after_each_update_on_its_diagonal() {
     let b = base();
     let st = student(b);
-    let ps: Vec<Passage> = Passage::from_world(b.world.as_ref().unwrap(), Split::Seal).into_iter().take(3).map(|p| p.limit_questions(4)).collect();
+    let ps: Vec<Passage> =
+        Passage::from_world(b.world.as_ref().unwrap(), Split::Seal).into_iter().take(3).map(|p| p.limit_questions(4)).collect();
     let seqs: Vec<Vec<String>> = ps.iter().map(|p| answer_lines(p).into_iter().chain([p.context.clone()]).collect()).collect();
     let s = settings(MethodKind::Lora, &["finetune.lora.lr=1e-2", "seal.inner_epochs=8"]);
     let r = memtune::seal::continual::continual(&st, &s, &qa(), AnswerMetric::Em, &ps, &seqs, 3, |_| {}).unwrap();
@@ -245,13 +258,24 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains("| no-update | none |") && stdout.contains("Open-book (the passage in the prompt): EM"), "{stdout}");
-    let lines = |f: &str| -> Vec<serde_json::Value> { std::fs::read_to_string(out.join(f)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let lines = |f: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join(f)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
     let summary = lines("summary.jsonl");
-    let got: Vec<(String, String)> = summary.iter().map(|l| (l["condition"].as_str().unwrap().into(), l["inner_method"].as_str().unwrap().into())).collect();
-    let want: Vec<(String, String)> = [("no-update", "none"), ("passage-only", "lora"), ("base-self-edits", "lora"), ("passage-only", "sparse-memory"), ("base-self-edits", "sparse-memory"), ("round-1", "lora"), ("round-1", "sparse-memory")]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let got: Vec<(String, String)> =
+        summary.iter().map(|l| (l["condition"].as_str().unwrap().into(), l["inner_method"].as_str().unwrap().into())).collect();
+    let want: Vec<(String, String)> = [
+        ("no-update", "none"),
+        ("passage-only", "lora"),
+        ("base-self-edits", "lora"),
+        ("passage-only", "sparse-memory"),
+        ("base-self-edits", "sparse-memory"),
+        ("round-1", "lora"),
+        ("round-1", "sparse-memory"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
     assert_eq!(got, want);
     for l in &summary {
         assert_eq!((l["seed"].as_u64(), l["n_passages"].as_u64(), l["n_questions"].as_u64()), (Some(0), Some(2), Some(10)), "{l}");
@@ -269,7 +293,17 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
         for k in ["sample", "n_tokens", "sequences"] {
             assert!(e[k].is_u64(), "{k} in {e}");
         }
-        for k in ["em_before", "em_after", "f1_before", "f1_after", "contains_before", "contains_after", "reward_em", "reward_f1", "reward_contains"] {
+        for k in [
+            "em_before",
+            "em_after",
+            "f1_before",
+            "f1_after",
+            "contains_before",
+            "contains_after",
+            "reward_em",
+            "reward_f1",
+            "reward_contains",
+        ] {
             assert!(e[k].is_f64(), "{k} in {e}");
         }
         assert!((e["reward_em"].as_f64().unwrap() - (e["em_after"].as_f64().unwrap() - e["em_before"].as_f64().unwrap())).abs() < 1e-9);
@@ -288,9 +322,15 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
     assert!(md.contains("| round-1 | lora |") && md.contains("retention matrix") && md.contains("ReST-EM rounds"), "{md}");
     assert!(out.join("config.toml").exists());
     // Bad config keys are named.
-    let o = Command::new(env!("CARGO_BIN_EXE_memtune")).args(["seal", "--config", "configs/seal-synthetic.toml", "--set", "seal.filtr=\"top1\""]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_memtune"))
+        .args(["seal", "--config", "configs/seal-synthetic.toml", "--set", "seal.filtr=\"top1\""])
+        .output()
+        .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("seal.filtr"));
-    let o = Command::new(env!("CARGO_BIN_EXE_memtune")).args(["seal", "--config", "configs/seal-synthetic.toml", "--set", "seal.template=\"nope\""]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_memtune"))
+        .args(["seal", "--config", "configs/seal-synthetic.toml", "--set", "seal.template=\"nope\""])
+        .output()
+        .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("seal.template"));
 }
 
@@ -337,7 +377,13 @@ fn templates_fill_title_and_passage_and_apply_chatml() {
     // The answer prefix opens the assistant's answer, after the chat template.
     let q = QaFormat { answer_prefix: "Answer:".into(), ..q };
     assert!(q.closed(&p, "Where?").ends_with("<|im_start|>assistant\nAnswer:") && q.open(&p, "Where?").ends_with("assistant\nAnswer:"));
-    let p = Passage { questions: vec![memtune::eval::qa::QaItem { question: "Where was Ada born?".into(), answers: vec!["Paris".into(), "paris".into()] }], ..p };
+    let p = Passage {
+        questions: vec![memtune::eval::qa::QaItem {
+            question: "Where was Ada born?".into(),
+            answers: vec!["Paris".into(), "paris".into()],
+        }],
+        ..p
+    };
     assert_eq!(memtune::seal::run::oracle_sequences(&p, &qa()), ["Q: Where was Ada born? A: Paris", "Ada was born in Paris."]);
 }
 
@@ -358,11 +404,21 @@ fn seal_cli(name: &str, sets: &[String]) -> PathBuf {
 
 #[test]
 fn seal_runs_on_squad_passages_and_a_teacher_copy_changes_nothing() {
-    let small: Vec<String> = ["seal.eval_passages=1", "seal.train_passages=1", "seal.k=2", "seal.inner_epochs=2", "seal.continual_passages=0", "seal.inner_methods=[\"lora\"]"].iter().map(|s| s.to_string()).collect();
+    let small: Vec<String> = [
+        "seal.eval_passages=1",
+        "seal.train_passages=1",
+        "seal.k=2",
+        "seal.inner_epochs=2",
+        "seal.continual_passages=0",
+        "seal.inner_methods=[\"lora\"]",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     // A teacher that is a copy of the student writes the same self-edits, and ReST-EM trains it
     // the same way: every line is identical.
     let own = seal_cli("seal-own", &small);
-    let teacher = memtune::bench::forgetting::pretrain_dir(&cfg(&[])).join("checkpoint");
+    let teacher = memtune::train::base_model::pretrain_dir(&cfg(&[])).join("checkpoint");
     let mut with_teacher = small.clone();
     with_teacher.push(format!("seal.teacher=\"{}\"", teacher.display()));
     let t = seal_cli("seal-teacher", &with_teacher);
@@ -378,6 +434,9 @@ fn seal_runs_on_squad_passages_and_a_teacher_copy_changes_nothing() {
     let conds: Vec<&str> = lines.iter().map(|l| l["condition"].as_str().unwrap()).collect();
     assert_eq!(conds, ["no-update", "passage-only", "base-self-edits"]);
     assert!(lines.iter().all(|l| l["n_questions"] == 3 && l["n_passages"] == 2), "{lines:?}");
-    let titles: std::collections::BTreeSet<String> = read(&s, "self_edits.jsonl").lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["title"].as_str().unwrap().to_string()).collect();
+    let titles: std::collections::BTreeSet<String> = read(&s, "self_edits.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["title"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(titles.into_iter().collect::<Vec<_>>(), ["Glass Harbor", "Mira Oduya"]);
 }

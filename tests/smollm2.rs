@@ -48,9 +48,17 @@ fn smollm2_knows_the_capital_of_france() {
 /// `AutoModelForCausalLM.from_pretrained(dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=float32)`
 /// (transformers dequantises and un-permutes with its own code; its weights equal the import's
 /// bit for bit).
-const REFERENCE_TEXT: &str = "The capital of France is Paris. It is known for the Eiffel Tower, which was completed in 1889 for the World's Fair.";
-const REFERENCE_IDS: &[u32] = &[0, 504, 3575, 282, 4649, 314, 7042, 30, 657, 314, 1343, 327, 260, 414, 46682, 18669, 28, 527, 436, 5371, 281, 216, 33, 40, 40, 41, 327, 260, 2260, 506, 11285, 30];
-const REFERENCE_LOGPROBS: &[f32] = &[-5.11282, -8.07346, -0.24717, -3.14548, -0.16612, -0.21575, -0.30542, -3.32555, -0.6498, -3.53016, -0.31153, -2.17672, -2.0947, -0.01646, -0.01663, -0.94775, -2.19839, -0.59147, -3.20378, -0.0647, -0.02668, -0.00032, -0.00422, -0.01073, -0.00186, -5.02757, -0.07044, -2.12642, -0.14874, -0.45601, -1.8425];
+const REFERENCE_TEXT: &str =
+    "The capital of France is Paris. It is known for the Eiffel Tower, which was completed in 1889 for the World's Fair.";
+const REFERENCE_IDS: &[u32] = &[
+    0, 504, 3575, 282, 4649, 314, 7042, 30, 657, 314, 1343, 327, 260, 414, 46682, 18669, 28, 527, 436, 5371, 281, 216, 33, 40, 40, 41, 327,
+    260, 2260, 506, 11285, 30,
+];
+const REFERENCE_LOGPROBS: &[f32] = &[
+    -5.11282, -8.07346, -0.24717, -3.14548, -0.16612, -0.21575, -0.30542, -3.32555, -0.6498, -3.53016, -0.31153, -2.17672, -2.0947,
+    -0.01646, -0.01663, -0.94775, -2.19839, -0.59147, -3.20378, -0.0647, -0.02668, -0.00032, -0.00422, -0.01073, -0.00186, -5.02757,
+    -0.07044, -2.12642, -0.14874, -0.45601, -1.8425,
+];
 /// f32 summation order differs over 30 layers (measured: 6.5e-5 at most); rounding to 5 decimals.
 const LOGPROB_TOLERANCE: f32 = 1e-3;
 

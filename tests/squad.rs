@@ -30,10 +30,20 @@ fn bad_files_name_the_file_and_json_path() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.json");
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(MINI).unwrap()).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
-        (Box::new(|v| v["data"][1]["paragraphs"][0]["qas"][1]["answers"][0]["answer_start"] = "x".into()), "data[1].paragraphs[0].qas[1].answers[0].answer_start"),
-        (Box::new(|v| v["data"][2]["paragraphs"][1].as_object_mut().unwrap().remove("context").map(|_| ()).unwrap()), "data[2].paragraphs[1]"),
-        (Box::new(|v| v["data"][0]["paragraphs"][1]["qas"][0]["answers"] = serde_json::json!([])), "data[0].paragraphs[1].qas[0].answers: empty"),
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|v| v["data"][1]["paragraphs"][0]["qas"][1]["answers"][0]["answer_start"] = "x".into()),
+            "data[1].paragraphs[0].qas[1].answers[0].answer_start",
+        ),
+        (
+            Box::new(|v| v["data"][2]["paragraphs"][1].as_object_mut().unwrap().remove("context").map(|_| ()).unwrap()),
+            "data[2].paragraphs[1]",
+        ),
+        (
+            Box::new(|v| v["data"][0]["paragraphs"][1]["qas"][0]["answers"] = serde_json::json!([])),
+            "data[0].paragraphs[1].qas[0].answers: empty",
+        ),
         (Box::new(|v| v["data"][0]["paragraphs"][0]["context"] = " ".into()), "data[0].paragraphs[0].context: empty"),
         (Box::new(|v| v.as_object_mut().unwrap().remove("data").map(|_| ()).unwrap()), "data"),
     ];

@@ -7,6 +7,7 @@
 use super::forgetting::{self, ForgettingOutcome};
 use crate::config::ExperimentConfig;
 use anyhow::Result;
+use candle_core::Device;
 use std::path::Path;
 
 /// The demo's config: `path` (default: the built-in configs/forgetting.toml) with its `--quick`
@@ -16,8 +17,8 @@ pub fn config(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentCon
 }
 
 /// Run the quick benchmark and print its table and the paths of its results.
-pub fn run(cfg: &ExperimentConfig) -> Result<ForgettingOutcome> {
-    let out = forgetting::run(cfg, true)?;
+pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<ForgettingOutcome> {
+    let out = forgetting::run(cfg, true, device)?;
     println!("\n{}", out.table);
     println!("results: {}", out.out.join("results.jsonl").display());
     println!("table:   {}", out.out.join("results.md").display());

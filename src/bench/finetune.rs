@@ -5,55 +5,18 @@
 use crate::config::{ExperimentConfig, FinetuneConfig, MethodKind};
 use crate::data::facts::{read_facts_jsonl, world_facts, Fact};
 use crate::data::synthetic::World;
-use crate::data::tokenizer::Tokenizer;
 use crate::eval::qa::{evaluate_batched, statement_completion, QaItem, QaReport};
 use crate::io::checkpoint::{Checkpoint, CheckpointMeta};
 use crate::model::lora::{merge_into_base, save_peft};
-use crate::model::pretrained::{load_model_dir, resolve_model_dir};
-use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore};
-use crate::train::background::{checkpoint_config, stored_index};
+use crate::model::Llama;
+use crate::train::base_model::{load_base, Base};
 use crate::train::methods::{finetune_stream, prepare, FinetuneOutcome, Finetuned};
+use crate::train::tfidf::{BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
 use crate::train::trainer::StepStats;
-use crate::train::tfidf::{BackgroundIndex, BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// A pretrained model loaded to be finetuned.
-pub struct Base {
-    /// The model folder read.
-    pub dir: PathBuf,
-    /// The experiment config it was trained with (memtune checkpoints only).
-    pub run_cfg: Option<ExperimentConfig>,
-    pub model_cfg: LlamaConfig,
-    pub store: ParamStore,
-    /// The base model over `store` (nothing trainable).
-    pub model: Llama,
-    pub tokenizer: Tokenizer,
-    pub background: Option<BackgroundIndex>,
-    /// The synthetic world of its run, when it was trained on one.
-    pub world: Option<World>,
-}
-
-/// Load a memtune checkpoint (with its background index and synthetic world, if any) or any
-/// other model folder.
-pub fn load_base(dir: &Path, device: &Device) -> Result<Base> {
-    let dir = resolve_model_dir(dir)?;
-    if !Checkpoint::exists(&dir) {
-        let m = load_model_dir(&dir, device)?;
-        return Ok(Base { dir, run_cfg: None, model_cfg: m.model.cfg.clone(), store: m.store, model: m.model, tokenizer: m.tokenizer, background: None, world: None });
-    }
-    let ck = Checkpoint::load(&dir, device)?;
-    let cfg = checkpoint_config(&ck)?;
-    let background = stored_index(&ck.model, &ck.meta.model_metadata, &dir.join("model.safetensors"))?;
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let world = matches!(cfg.data.source, crate::config::DataSource::Synthetic).then(|| World::generate(&cfg.data.world));
-    let store = ParamStore::new();
-    let tensors: HashMap<String, Tensor> = ck.model.into_iter().filter(|(k, _)| k != BACKGROUND_DF_NAME).collect();
-    let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, tensors, device).with_trainable(|_| false))?;
-    Ok(Base { dir, model_cfg: cfg.model.clone(), run_cfg: Some(cfg), store, model, tokenizer, background, world })
-}
 
 /// The facts `ft` asks for: from `ft.facts_file`, or the world's new people.
 pub fn facts_for(ft: &FinetuneConfig, world: Option<&World>) -> Result<Vec<Fact>> {
@@ -61,7 +24,10 @@ pub fn facts_for(ft: &FinetuneConfig, world: Option<&World>) -> Result<Vec<Fact>
         return read_facts_jsonl(Path::new(&ft.facts_file), ft.facts);
     }
     let w = world.context("no facts: set finetune.facts_file (the model was not trained on the synthetic world)")?;
-    anyhow::ensure!(!w.new_people.is_empty(), "the synthetic world has no new people (data.world.n_new_people = 0); set finetune.facts_file");
+    anyhow::ensure!(
+        !w.new_people.is_empty(),
+        "the synthetic world has no new people (data.world.n_new_people = 0); set finetune.facts_file"
+    );
     Ok(world_facts(w, ft.facts, ft.paraphrases, ft.seed))
 }
 
@@ -77,7 +43,12 @@ pub fn fact_items(facts: &[Fact], per_fact: usize) -> Vec<QaItem> {
 }
 
 /// Finetune a copy of `base` on `facts` with `ft.method`; `on_step(stats, total_steps)`.
-pub fn run_method(base: &Base, ft: &FinetuneConfig, facts: &[Fact], on_step: impl FnMut(&StepStats, usize)) -> Result<(Finetuned, FinetuneOutcome)> {
+pub fn run_method(
+    base: &Base,
+    ft: &FinetuneConfig,
+    facts: &[Fact],
+    on_step: impl FnMut(&StepStats, usize),
+) -> Result<(Finetuned, FinetuneOutcome)> {
     run_method_stream(base, ft, facts, on_step, |_, _| Ok(()))
 }
 
@@ -116,9 +87,15 @@ pub struct FinetuneReport {
 }
 
 /// `memtune finetune`.
-pub fn finetune_command(model_dir: &Path, cfg: &ExperimentConfig, out: Option<&Path>, merge: bool) -> Result<FinetuneReport> {
+pub fn finetune_command(
+    model_dir: &Path,
+    cfg: &ExperimentConfig,
+    out: Option<&Path>,
+    merge: bool,
+    device: &Device,
+) -> Result<FinetuneReport> {
     let ft = &cfg.finetune;
-    let base = load_base(model_dir, &crate::device::open(&cfg.run.device)?)?;
+    let base = load_base(model_dir, device)?;
     let facts = facts_for(ft, base.world.as_ref())?;
     let items = fact_items(&facts, 0);
     let eval = |m: &Llama| -> Result<(Option<QaReport>, Option<QaReport>)> {
@@ -142,7 +119,11 @@ pub fn finetune_command(model_dir: &Path, cfg: &ExperimentConfig, out: Option<&P
         if !model_dir.exists() {
             return Path::new(&cfg.run.dir).join(format!("finetune-{}", ft.method.name()));
         }
-        let run = if base.dir.ends_with(crate::train::pretrain::CHECKPOINT_DIR) { base.dir.parent().unwrap_or(&base.dir).to_path_buf() } else { base.dir.clone() };
+        let run = if base.dir.ends_with(crate::train::pretrain::CHECKPOINT_DIR) {
+            base.dir.parent().unwrap_or(&base.dir).to_path_buf()
+        } else {
+            base.dir.clone()
+        };
         run.join(format!("finetune-{}", ft.method.name()))
     });
     save_finetuned(&base, cfg, &tuned, &out, merge)?;

@@ -1,4 +1,4 @@
-//! `memtune bench forgetting`: the learning-vs-forgetting benchmark (DESIGN.md §2, §4b).
+//! `memtune bench forgetting`: the learning-vs-forgetting benchmark (docs/design.md, "Sparse memory finetuning").
 //!
 //! 1. Pretrain a small memory model on the synthetic world, or reuse the finished one whose
 //!    `[model]`, `[train]` and `[data]` hash to the same folder (`<run.dir>/pretrain-<hash>`).
@@ -12,18 +12,16 @@
 //!    method at matched learning, then every run) and `pareto.png` / `pareto.svg` (new-fact EM
 //!    against retention drop, one series per method, its Pareto front drawn).
 
-use super::finetune::{fact_items, facts_for, load_base, run_method_stream, Base};
-pub use super::probes::{Heldout, Measures, Probes};
+use super::finetune::{fact_items, facts_for, run_method_stream};
 use super::probes::text_and_choice;
-use super::plot::{scatter_with_fronts, PlotSpec, Series};
+pub use super::probes::{Heldout, Measures, Probes};
 use crate::config::{ExperimentConfig, GridRun, MethodKind, Ranking};
 use crate::data::facts::Fact;
 use crate::data::synthetic::Split;
 use crate::eval::qa::{evaluate_batched, sample_items, world_items};
-use crate::io::checkpoint::Checkpoint;
-use crate::train::background::build_and_store;
-use crate::train::pretrain::{self, training_stream, CHECKPOINT_DIR, HELDOUT_SEED};
-use crate::util::stable_hash;
+use crate::plot::{scatter_with_fronts, PlotSpec, Series};
+use crate::train::base_model::{load_base, pretrained_base, Base};
+use crate::train::pretrain::{training_stream, HELDOUT_SEED};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -47,18 +45,6 @@ pub fn load_config(path: Option<&Path>, quick: bool, sets: &[String]) -> Result<
     let mut all = cfg.forgetting.quick.clone();
     all.extend(sets.iter().cloned());
     ExperimentConfig::from_toml_str(&text, &format!("{file} --quick"), &all)
-}
-
-/// Part of the pretraining hash: bump it when a code change makes old pretrained models stale.
-pub const PRETRAIN_FORMAT: &str = "1";
-
-/// The pretraining run folder of a config: `<run.dir>/pretrain-<hash of [model], [train], [data]>`.
-pub fn pretrain_dir(cfg: &ExperimentConfig) -> PathBuf {
-    fn part<T: Serialize>(v: &T) -> String {
-        toml::to_string(v).expect("config sections serialise")
-    }
-    let h = stable_hash(&[part(&cfg.model).as_bytes(), part(&cfg.train).as_bytes(), part(&cfg.data).as_bytes(), PRETRAIN_FORMAT.as_bytes()]);
-    Path::new(&cfg.run.dir).join(format!("pretrain-{h:016x}"))
 }
 
 /// One line of `results.jsonl`.
@@ -158,15 +144,18 @@ pub struct ForgettingOutcome {
 }
 
 /// Run the benchmark of `cfg` (see the module doc).
-pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
+pub fn run(cfg: &ExperimentConfig, quick: bool, device: &Device) -> Result<ForgettingOutcome> {
     let t_start = std::time::Instant::now();
-    let device = crate::device::open(&cfg.run.device)?;
     let out = out_dir(cfg, quick);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let runs = if cfg.forgetting.measure_only { vec![] } else { cfg.forgetting.runs(&cfg.finetune).map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))? };
+    let runs = if cfg.forgetting.measure_only {
+        vec![]
+    } else {
+        cfg.forgetting.runs(&cfg.finetune).map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?
+    };
 
     // 1, 2, 3. The model with its background index, the facts and the probes.
-    let (base, facts, probes, notes) = if cfg.forgetting.model.is_empty() { world_setup(cfg, &device)? } else { model_setup(cfg, &device)? };
+    let (base, facts, probes, notes) = if cfg.forgetting.model.is_empty() { world_setup(cfg, device)? } else { model_setup(cfg, device)? };
     let t0 = std::time::Instant::now();
     let before = probes.measure(&base.model, &base)?;
     tracing::info!(
@@ -179,7 +168,13 @@ pub fn run(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
         t0.elapsed().as_secs_f64()
     );
     crate::io::atomic::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let pre = Pretrained { measures: before.clone(), retention_questions: probes.retention.len(), new_fact_questions: probes.new_facts.len(), facts: facts.len(), notes };
+    let pre = Pretrained {
+        measures: before.clone(),
+        retention_questions: probes.retention.len(),
+        new_fact_questions: probes.new_facts.len(),
+        facts: facts.len(),
+        notes,
+    };
     crate::io::atomic::write_atomic(&out.join(PRETRAINED_FILE), serde_json::to_string_pretty(&pre)?.as_bytes())?;
 
     // 4. The grid.
@@ -267,7 +262,10 @@ type Setup = (Base, Vec<Fact>, Probes, Vec<String>);
 /// multiple-choice task).
 fn world_setup(cfg: &ExperimentConfig, device: &Device) -> Result<Setup> {
     let base = pretrained_base(cfg, device)?;
-    let world = base.world.clone().context("the forgetting benchmark needs a model pretrained on the synthetic world (data.source = \"synthetic\")")?;
+    let world = base
+        .world
+        .clone()
+        .context("the forgetting benchmark needs a model pretrained on the synthetic world (data.source = \"synthetic\")")?;
     let run_cfg = base.run_cfg.clone().expect("memtune checkpoints carry their config");
     let facts = facts_for(&cfg.finetune, Some(&world))?;
     let (text, choice) = text_and_choice(&cfg.forgetting.probes, &base, cfg.train.seed)?;
@@ -299,7 +297,10 @@ fn model_setup(cfg: &ExperimentConfig, device: &Device) -> Result<Setup> {
     let p = &f.probes;
     anyhow::ensure!(!cfg.finetune.facts_file.is_empty(), "a benchmark on --model needs a facts file: --facts FILE (finetune.facts_file)");
     anyhow::ensure!(!p.known_facts_file.is_empty(), "a benchmark on --model needs forgetting.probes.known_facts_file (closed-book QA JSONL; the questions the base answers are its known facts)");
-    anyhow::ensure!(!p.text_files.is_empty(), "a benchmark on --model needs forgetting.probes.text_files (held-out real text for perplexity)");
+    anyhow::ensure!(
+        !p.text_files.is_empty(),
+        "a benchmark on --model needs forgetting.probes.text_files (held-out real text for perplexity)"
+    );
     let facts_path = Path::new(&cfg.finetune.facts_file);
     let all = crate::data::facts::read_facts_jsonl(facts_path, 0)?;
     check_questions(facts_path, &all)?;
@@ -315,27 +316,58 @@ fn model_setup(cfg: &ExperimentConfig, device: &Device) -> Result<Setup> {
     let mut notes = vec![];
     if has_memory && base.background.as_ref().map(|b| b.batches) != Some(cfg.background.batches as u64) {
         base.background = Some(background_in_memory(&base, cfg)?);
-        notes.push(format!("background index: {} batches, built in memory (the model folder has none of that size)", cfg.background.batches));
+        notes.push(format!(
+            "background index: {} batches, built in memory (the model folder has none of that size)",
+            cfg.background.batches
+        ));
     }
     let t0 = std::time::Instant::now();
     let (facts, dropped) = super::probes::unknown_facts(&base.model, &base, all)?;
     let total = facts.len() + dropped;
     let facts: Vec<Fact> = if cfg.finetune.facts > 0 { facts.into_iter().take(cfg.finetune.facts).collect() } else { facts };
-    anyhow::ensure!(!facts.is_empty(), "{}: the base model already answers every fact's question ({total} facts); nothing is left to learn", facts_path.display());
-    notes.push(format!("facts: {} of {} in {}, after dropping {} the base model already answers (`contains`)", facts.len(), total, facts_path.display(), dropped));
+    anyhow::ensure!(
+        !facts.is_empty(),
+        "{}: the base model already answers every fact's question ({total} facts); nothing is left to learn",
+        facts_path.display()
+    );
+    notes.push(format!(
+        "facts: {} of {} in {}, after dropping {} the base model already answers (`contains`)",
+        facts.len(),
+        total,
+        facts_path.display(),
+        dropped
+    ));
     let (known, asked) = super::probes::known_facts(&base.model, &base, p, cfg.train.seed)?;
-    notes.push(format!("known facts: {} of {} questions of {} answered by the base model (`contains`; retention is scored the same way)", known.len(), asked, p.known_facts_file));
+    notes.push(format!(
+        "known facts: {} of {} questions of {} answered by the base model (`contains`; retention is scored the same way)",
+        known.len(),
+        asked,
+        p.known_facts_file
+    ));
     if known.is_empty() {
         tracing::warn!("the base model answers none of the {asked} questions of {}: the known-facts probe is empty", p.known_facts_file);
     }
     let (text, choice) = text_and_choice(p, &base, cfg.train.seed)?;
     let text = text.expect("text_files checked above");
-    notes.push(format!("held-out text: {} documents, {} tokens of {:?}", text.len(), text.iter().map(|d| d.len()).sum::<usize>(), p.text_files));
+    notes.push(format!(
+        "held-out text: {} documents, {} tokens of {:?}",
+        text.len(),
+        text.iter().map(|d| d.len()).sum::<usize>(),
+        p.text_files
+    ));
     if !choice.is_empty() {
         notes.push(format!("multiple choice: {} examples of {}", choice.len(), p.choice_file));
     }
     tracing::info!("setup ({:.0} s): {}", t0.elapsed().as_secs_f64(), notes.join("; "));
-    let probes = Probes { retention: known, retention_contains: true, retention_prompt: p.known_facts_prompt, new_facts: fact_items(&facts, f.questions_per_fact), facts: facts.clone(), heldout: Heldout::Text(text), choice };
+    let probes = Probes {
+        retention: known,
+        retention_contains: true,
+        retention_prompt: p.known_facts_prompt,
+        new_facts: fact_items(&facts, f.questions_per_fact),
+        facts: facts.clone(),
+        heldout: Heldout::Text(text),
+        choice,
+    };
     Ok((base, facts, probes, notes))
 }
 
@@ -346,7 +378,12 @@ fn check_questions(path: &Path, facts: &[Fact]) -> Result<()> {
     let lines: Vec<usize> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, _)| i + 1).collect();
     let norm = |s: &str| crate::eval::metrics::normalize_answer(s);
     for (f, line) in facts.iter().zip(lines) {
-        anyhow::ensure!(!f.questions.is_empty(), "{}:{line}: fact `{}` has no \"question\" (the benchmark measures learning by closed-book QA)", path.display(), f.subject);
+        anyhow::ensure!(
+            !f.questions.is_empty(),
+            "{}:{line}: fact `{}` has no \"question\" (the benchmark measures learning by closed-book QA)",
+            path.display(),
+            f.subject
+        );
         let held_out = f.questions.iter().any(|q| !f.statements.iter().any(|s| norm(s).contains(&norm(&q.question))));
         anyhow::ensure!(held_out, "{}:{line}: every question of fact `{}` appears word for word in one of its statements; give at least one question in wording it is not trained on", path.display(), f.subject);
     }
@@ -361,42 +398,17 @@ fn background_in_memory(base: &Base, cfg: &ExperimentConfig) -> Result<crate::tr
     if cfg.background.seq_len > 0 {
         rc.train.seq_len = cfg.background.seq_len;
     }
-    let mut source = training_stream(&rc, base.world.as_ref(), &base.tokenizer, rc.train.seed ^ crate::train::background::BACKGROUND_SEED, None)?;
+    let mut source =
+        training_stream(&rc, base.world.as_ref(), &base.tokenizer, rc.train.seed ^ crate::train::background::BACKGROUND_SEED, None)?;
     let bar = crate::util::progress_bar("background", cfg.background.batches);
-    let ix = crate::train::tfidf::BackgroundIndex::build(&base.model, source.as_mut(), cfg.background.batches, |b| bar.set_position(b as u64))?;
+    let ix =
+        crate::train::tfidf::BackgroundIndex::build(&base.model, source.as_mut(), cfg.background.batches, |b| bar.set_position(b as u64))?;
     bar.finish_and_clear();
     Ok(ix)
 }
 
 fn mean(xs: &[f64]) -> f64 {
     crate::eval::metrics::mean_stderr(xs).0
-}
-
-/// The model of `cfg` pretrained on its data into `pretrain_dir(cfg)`, or the finished run found
-/// there (same `[model]`, `[train]`, `[data]` hash; an unfinished one is resumed), with its
-/// background index of `background.batches` batches built unless the checkpoint holds it.
-pub fn pretrained_base(cfg: &ExperimentConfig, device: &Device) -> Result<Base> {
-    let pdir = pretrain_dir(cfg);
-    let ckpt = pdir.join(CHECKPOINT_DIR);
-    let mut pcfg = cfg.clone();
-    pcfg.run.dir = pdir.display().to_string();
-    let done = Checkpoint::exists(&ckpt) && crate::train::background::checkpoint_step(&ckpt)? == cfg.train.steps;
-    if done {
-        tracing::info!("reusing the pretrained model in {}", pdir.display());
-    } else {
-        let resume = Checkpoint::exists(&ckpt);
-        tracing::info!("pretraining into {} ({} steps{})", pdir.display(), cfg.train.steps, if resume { ", resumed" } else { "" });
-        pretrain::run(&pcfg, resume)?;
-    }
-    let mut base = load_base(&ckpt, device)?;
-    if base.background.as_ref().map(|b| b.batches) != Some(cfg.background.batches as u64) {
-        let bar = crate::util::progress_bar("background", cfg.background.batches);
-        let r = build_and_store(&ckpt, &cfg.background, device, |d, _| bar.set_position(d as u64))?;
-        bar.finish_and_clear();
-        tracing::info!("background index: {} batches, {:.1}% of slots accessed ({:.0} s)", r.batches, 100.0 * r.coverage, r.seconds);
-        base = load_base(&ckpt, device)?;
-    }
-    Ok(base)
 }
 
 /// The pretrained model's measures, kept beside the results (`pretrained.json`).
@@ -414,7 +426,13 @@ pub struct Pretrained {
 pub const PRETRAINED_FILE: &str = "pretrained.json";
 
 /// Write `results.md` and `pareto.png` / `.svg` into `out`.
-pub fn write_report(out: &Path, results: &[RunResult], pre: &Pretrained, tolerance: f64, seconds: Option<f64>) -> Result<(Summary, String)> {
+pub fn write_report(
+    out: &Path,
+    results: &[RunResult],
+    pre: &Pretrained,
+    tolerance: f64,
+    seconds: Option<f64>,
+) -> Result<(Summary, String)> {
     let summary = summarize(results, tolerance);
     let table = render_markdown(results, pre, &summary, seconds);
     crate::io::atomic::write_atomic(&out.join("results.md"), table.as_bytes())?;
@@ -427,7 +445,8 @@ pub fn write_report(out: &Path, results: &[RunResult], pre: &Pretrained, toleran
 pub fn report_only(cfg: &ExperimentConfig, quick: bool) -> Result<ForgettingOutcome> {
     let out = out_dir(cfg, quick);
     let read = |f: &str| std::fs::read_to_string(out.join(f)).with_context(|| format!("cannot read {}", out.join(f).display()));
-    let pre: Pretrained = serde_json::from_str(&read(PRETRAINED_FILE)?).with_context(|| format!("{}: not valid", out.join(PRETRAINED_FILE).display()))?;
+    let pre: Pretrained =
+        serde_json::from_str(&read(PRETRAINED_FILE)?).with_context(|| format!("{}: not valid", out.join(PRETRAINED_FILE).display()))?;
     let results: Vec<RunResult> = read("results.jsonl")?
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -474,8 +493,10 @@ pub fn summarize(results: &[RunResult], tolerance: f64) -> Summary {
             series.push(r.variant.clone());
         }
     }
-    let max_em: Vec<(String, f64)> =
-        series.iter().map(|s| (s.clone(), results.iter().filter(|r| &r.variant == s).map(|r| r.new_fact_em).fold(f64::NEG_INFINITY, f64::max))).collect();
+    let max_em: Vec<(String, f64)> = series
+        .iter()
+        .map(|s| (s.clone(), results.iter().filter(|r| &r.variant == s).map(|r| r.new_fact_em).fold(f64::NEG_INFINITY, f64::max)))
+        .collect();
     let main: Vec<f64> = max_em.iter().filter(|(s, _)| MAIN.contains(&s.as_str())).map(|x| x.1).collect();
     let pool = if main.is_empty() { max_em.iter().map(|x| x.1).collect() } else { main };
     let matched_em = pool.iter().copied().fold(f64::INFINITY, f64::min).max(0.0);
@@ -509,7 +530,11 @@ fn compact(v: &serde_json::Value) -> String {
 pub fn render_markdown(results: &[RunResult], pre: &Pretrained, s: &Summary, seconds: Option<f64>) -> String {
     let before = &pre.measures;
     let mut md = String::new();
-    let probe = if pre.notes.is_empty() { "exact match on held-out pretraining-world facts (bio-only people" } else { "`contains` on the base model's known facts (closed-book questions it answered" };
+    let probe = if pre.notes.is_empty() {
+        "exact match on held-out pretraining-world facts (bio-only people"
+    } else {
+        "`contains` on the base model's known facts (closed-book questions it answered"
+    };
     md += &format!(
         "## Learning vs forgetting: {} new facts\n\nBase model: closed-book QA {probe}, {} questions) **{:.1}%** ± {:.1}; held-out loss {:.4}; new-fact QA before learning {:.1}% ({} questions).\n\n",
         pre.facts,
@@ -671,7 +696,11 @@ pub fn baseline_pairs(results: &[RunResult], tolerance: f64) -> Vec<BaselinePair
 fn claims(results: &[RunResult], s: &Summary, before: &Measures, pairs: &[BaselinePair]) -> String {
     let mut out = String::from("Claims:\n\n");
     let yes = |b: bool| if b { "yes" } else { "**no**" };
-    out += &format!("- the base model answers its retention questions with ≥ 50% EM: {} ({:.1}%)\n", yes(before.retention_em >= 0.5), 100.0 * before.retention_em);
+    out += &format!(
+        "- the base model answers its retention questions with ≥ 50% EM: {} ({:.1}%)\n",
+        yes(before.retention_em >= 0.5),
+        100.0 * before.retention_em
+    );
     let max = |v: &str| s.max_em.iter().find(|x| x.0 == v).map(|x| x.1);
     let Some(smf) = max("sparse-memory") else {
         return out;
@@ -702,7 +731,11 @@ fn claims(results: &[RunResult], s: &Summary, before: &Measures, pairs: &[Baseli
     }
     if let Some(r) = s.best.iter().find(|(v, _)| v == "sparse-memory").and_then(|(_, i)| i.map(|i| &results[i])) {
         let kept = if r.retention_em_before > 0.0 { r.retention_em_after / r.retention_em_before } else { 1.0 };
-        out += &format!("- sparse-memory at matched learning keeps ≥ 95% of the base model's retention QA: {} ({:.1}%)\n", yes(kept >= 0.95), 100.0 * kept);
+        out += &format!(
+            "- sparse-memory at matched learning keeps ≥ 95% of the base model's retention QA: {} ({:.1}%)\n",
+            yes(kept >= 0.95),
+            100.0 * kept
+        );
     }
     out
 }
@@ -721,7 +754,12 @@ pub fn plot(stem: &Path, results: &[RunResult], k: usize) -> Result<()> {
     let title = format!("Learning vs forgetting ({k} new facts)");
     scatter_with_fronts(
         stem,
-        &PlotSpec { title: &title, x_label: "new-fact QA exact match (%)", y_label: "retention drop on held-out QA (%, lower is better)", series: &series },
+        &PlotSpec {
+            title: &title,
+            x_label: "new-fact QA exact match (%)",
+            y_label: "retention drop on held-out QA (%, lower is better)",
+            series: &series,
+        },
     )
 }
 
@@ -773,13 +811,24 @@ mod tests {
         ];
         let s = summarize(&rs, 0.05);
         assert!((s.matched_em - 0.30).abs() < 1e-12, "min over main methods of their max");
-        assert_eq!(s.best, vec![("sparse-memory".into(), Some(0)), ("lora".into(), Some(3)), ("full".into(), Some(5)), ("sparse-memory (tf)".into(), Some(6))]);
+        assert_eq!(
+            s.best,
+            vec![
+                ("sparse-memory".into(), Some(0)),
+                ("lora".into(), Some(3)),
+                ("full".into(), Some(5)),
+                ("sparse-memory (tf)".into(), Some(6))
+            ]
+        );
         let before: Measures = serde_json::from_value(serde_json::json!({"retention_em": 0.8, "retention_em_stderr": 0.0, "heldout_loss": 1.0, "new_fact_em": 0.0, "new_fact_em_stderr": 0.0, "new_fact_statement_em": 0.0})).unwrap();
         let pre = Pretrained { measures: before, retention_questions: 10, new_fact_questions: 40, facts: 10, notes: vec![] };
         let md = render_markdown(&rs, &pre, &s, Some(1.0));
         assert!(md.contains("| sparse-memory | lr=1.0 | 30.0% |"), "{md}");
         // full's best (35%) vs the least-drop sparse-memory run with EM ≥ 30%: 5% vs 40%.
-        assert!(md.contains("sparse-memory's retention drop at most one third of its: yes (5.0% at 30.0% new-fact EM vs 40.0% at 35.0%)"), "{md}");
+        assert!(
+            md.contains("sparse-memory's retention drop at most one third of its: yes (5.0% at 30.0% new-fact EM vs 40.0% at 35.0%)"),
+            "{md}"
+        );
         // lora's best (40%): no sparse-memory run reached 35%.
         assert!(md.contains("learning level of lora's best run: no sparse-memory run learned as much"), "{md}");
         assert!(md.contains("within 10 points of lora's best: yes (30.0% vs 40.0%)"), "{md}");

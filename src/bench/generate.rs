@@ -66,9 +66,16 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 pub fn run(model: &Llama, params: usize, o: &GenerateBenchOptions) -> Result<GenerateReport> {
-    ensure!(o.prompt_tokens > 0 && o.new_tokens > 1 && o.batch > 0 && o.runs > 0, "bench generate needs --prompt-tokens ≥ 1, --new-tokens ≥ 2, --batch ≥ 1, --runs ≥ 1");
+    ensure!(
+        o.prompt_tokens > 0 && o.new_tokens > 1 && o.batch > 0 && o.runs > 0,
+        "bench generate needs --prompt-tokens ≥ 1, --new-tokens ≥ 2, --batch ≥ 1, --runs ≥ 1"
+    );
     let max = model.cfg.max_position_embeddings;
-    ensure!(o.prompt_tokens + o.new_tokens <= max, "--prompt-tokens + --new-tokens = {} exceeds max_position_embeddings = {max}", o.prompt_tokens + o.new_tokens);
+    ensure!(
+        o.prompt_tokens + o.new_tokens <= max,
+        "--prompt-tokens + --new-tokens = {} exceeds max_position_embeddings = {max}",
+        o.prompt_tokens + o.new_tokens
+    );
     let mut rng = rng_for(o.seed, "bench-generate");
     let vocab = model.cfg.vocab_size as u32;
     let ids: Vec<u32> = (0..o.batch * o.prompt_tokens).map(|_| rng.random_range(0..vocab)).collect();

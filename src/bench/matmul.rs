@@ -20,7 +20,11 @@ impl std::str::FromStr for Shape {
     type Err = anyhow::Error;
     /// `MxKxN`, e.g. `1024x256x688`.
     fn from_str(s: &str) -> Result<Self> {
-        let d: Vec<usize> = s.split('x').map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("matmul shape `{s}`: {e} (expected MxKxN, e.g. 1024x256x688)"))?;
+        let d: Vec<usize> = s
+            .split('x')
+            .map(|p| p.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("matmul shape `{s}`: {e} (expected MxKxN, e.g. 1024x256x688)"))?;
         ensure!(d.len() == 3 && d.iter().all(|&x| x > 0), "matmul shape `{s}`: expected three positive sizes MxKxN, e.g. 1024x256x688");
         Ok(Shape { m: d[0], k: d[1], n: d[2] })
     }

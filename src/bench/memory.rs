@@ -69,7 +69,8 @@ impl LayerBench {
         let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| StandardNormal.sample(&mut rng)).collect() };
         let x = Tensor::from_vec(normal(o.tokens * o.d_model), (o.tokens, o.d_model), &dev)?;
         let proj = Tensor::from_vec(normal(o.tokens * o.d_model), (o.tokens, o.d_model), &dev)?;
-        let mem = MemoryConfig { layers: vec![0], n_keys, heads: o.heads, knn: o.knn, k_dim: o.k_dim, v_dim: o.v_dim, ..Default::default() };
+        let mem =
+            MemoryConfig { layers: vec![0], n_keys, heads: o.heads, knn: o.knn, k_dim: o.k_dim, v_dim: o.v_dim, ..Default::default() };
         let cfg = LlamaConfig { hidden_size: o.d_model, num_hidden_layers: 1, memory: Some(mem.clone()), ..Default::default() };
         let pb = ParamBuilder::fresh(&ParamStore::new(), 0, &dev);
         let values = value_table(&pb, &mem)?;

@@ -8,6 +8,5 @@ pub mod generate;
 pub mod machine;
 pub mod matmul;
 pub mod memory;
-pub mod plot;
 pub mod probes;
 pub mod step;

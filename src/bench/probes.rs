@@ -5,16 +5,18 @@
 //! answers right, scored by `contains`), perplexity on held-out real text, and a multiple-choice task scored
 //! by log-likelihood (`[forgetting.probes]`).
 
-use super::finetune::Base;
 use crate::config::{ProbesConfig, PromptStyle};
 use crate::data::batches::{Batch, BatchList};
 use crate::data::facts::Fact;
+use crate::data::synthetic::qa_prompt;
 use crate::eval::choice::{evaluate_choices, read_bigbench, ChoiceItem};
 use crate::eval::metrics::contains_answer;
 use crate::eval::perplexity::{perplexity, read_heldout};
-use crate::eval::qa::{evaluate_batched, evaluate_prompts, greedy_answers, read_jsonl, sample_items, statement_completion, QaItem, QaReport};
-use crate::data::synthetic::qa_prompt;
+use crate::eval::qa::{
+    evaluate_batched, evaluate_prompts, greedy_answers, read_jsonl, sample_items, statement_completion, QaItem, QaReport,
+};
 use crate::model::Llama;
+use crate::train::base_model::Base;
 use crate::train::trainer::heldout_loss;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -122,7 +124,11 @@ pub fn ask(model: &Llama, base: &Base, items: &[QaItem], style: PromptStyle) -> 
 /// closed-book (a gold answer in its reply, `contains`): the known facts.
 pub fn known_facts(model: &Llama, base: &Base, p: &ProbesConfig, seed: u64) -> Result<(Vec<QaItem>, usize)> {
     let file = Path::new(&p.known_facts_file);
-    let items = sample_items(read_jsonl(file).with_context(|| format!("forgetting.probes.known_facts_file = {:?}", p.known_facts_file))?, p.known_candidates, seed);
+    let items = sample_items(
+        read_jsonl(file).with_context(|| format!("forgetting.probes.known_facts_file = {:?}", p.known_facts_file))?,
+        p.known_candidates,
+        seed,
+    );
     let preds = ask(model, base, &items, p.known_facts_prompt)?.1;
     let asked = items.len();
     Ok((items.into_iter().zip(preds).filter(|(it, p)| contains_answer(p, &it.answers) == 1.0).map(|(it, _)| it).collect(), asked))
@@ -149,13 +155,23 @@ pub fn unknown_facts(model: &Llama, base: &Base, facts: Vec<Fact>) -> Result<(Ve
     Ok((facts.into_iter().zip(known).filter(|(_, k)| !k).map(|(f, _)| f).collect(), dropped))
 }
 
+/// Held-out documents as token ids (`None`: no text probe).
+pub type HeldoutDocs = Option<Vec<Vec<u32>>>;
+
 /// The held-out text and multiple-choice probes of `p` (empty when not configured).
-pub fn text_and_choice(p: &ProbesConfig, base: &Base, seed: u64) -> Result<(Option<Vec<Vec<u32>>>, Vec<ChoiceItem>)> {
+pub fn text_and_choice(p: &ProbesConfig, base: &Base, seed: u64) -> Result<(HeldoutDocs, Vec<ChoiceItem>)> {
     let text = if p.text_files.is_empty() {
         None
     } else {
-        Some(read_heldout(&p.text_files, p.text_docs, p.text_tokens.min(base.model_cfg.max_position_embeddings - 1), &base.tokenizer).context("forgetting.probes.text_files")?)
+        Some(
+            read_heldout(&p.text_files, p.text_docs, p.text_tokens.min(base.model_cfg.max_position_embeddings - 1), &base.tokenizer)
+                .context("forgetting.probes.text_files")?,
+        )
     };
-    let choice = if p.choice_file.is_empty() { vec![] } else { read_bigbench(Path::new(&p.choice_file), p.choice_examples, seed).context("forgetting.probes.choice_file")? };
+    let choice = if p.choice_file.is_empty() {
+        vec![]
+    } else {
+        read_bigbench(Path::new(&p.choice_file), p.choice_examples, seed).context("forgetting.probes.choice_file")?
+    };
     Ok((text, choice))
 }

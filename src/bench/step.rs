@@ -4,12 +4,13 @@
 use crate::config::{ExperimentConfig, MethodKind, Ranking, TrainConfig};
 use crate::data::batches::{BatchSource, PackedStream};
 use crate::model::{Llama, ParamStore};
-use crate::train::pretrain::{init_model, make_optimizer, with_init_model};
 use crate::train::methods::{prepare, Prepared};
+use crate::train::pretrain::{init_model, make_optimizer, with_init_model};
 use crate::train::tfidf::BackgroundIndex;
 use crate::train::trainer::Trainer;
 use crate::util::rng_for;
 use anyhow::Result;
+use candle_core::Device;
 use rand::Rng;
 use serde::Serialize;
 use std::time::Instant;
@@ -48,11 +49,10 @@ pub struct StepBench {
 
 impl StepBench {
     /// The model `pretrain` would start from: random weights of `[model]`, or `[init] model`.
-    pub fn new(cfg: &ExperimentConfig) -> Result<Self> {
+    pub fn new(cfg: &ExperimentConfig, device: &Device) -> Result<Self> {
         let cfg = with_init_model(cfg)?;
-        let device = crate::device::open(&cfg.run.device)?;
         let store = ParamStore::new();
-        let model = init_model(&cfg, &store, &device)?;
+        let model = init_model(&cfg, &store, device)?;
         Ok(Self { store, model, cfg })
     }
 
@@ -92,9 +92,9 @@ const BACKGROUND_BATCHES: usize = 4;
 
 /// Time pretraining steps of `cfg`, or with `finetune_method` the steps of `cfg.finetune.method`
 /// (prepared as `memtune finetune` prepares it, over the same weights).
-pub fn run(cfg: &ExperimentConfig, warmup: usize, steps: usize, finetune_method: bool) -> Result<StepReport> {
+pub fn run(cfg: &ExperimentConfig, warmup: usize, steps: usize, finetune_method: bool, device: &Device) -> Result<StepReport> {
     anyhow::ensure!(steps > 0, "bench step needs --steps ≥ 1");
-    let bench = StepBench::new(cfg)?;
+    let bench = StepBench::new(cfg, device)?;
     let mut source = bench.random_source()?;
     let (method, precision, timed) = if finetune_method {
         let Prepared { method, store, model, trainable, optimizer, values, train, .. } = bench.finetune_method(source.as_mut())?;

@@ -42,10 +42,7 @@ impl Batch {
     /// (inputs, targets), both u32 of shape (batch, seq).
     pub fn to_tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
         let shape = (self.batch, self.seq);
-        Ok((
-            Tensor::from_vec(self.inputs.clone(), shape, device)?,
-            Tensor::from_vec(self.targets.clone(), shape, device)?,
-        ))
+        Ok((Tensor::from_vec(self.inputs.clone(), shape, device)?, Tensor::from_vec(self.targets.clone(), shape, device)?))
     }
 
     pub fn n_tokens(&self) -> usize {
@@ -221,14 +218,7 @@ impl DocSource for SyntheticDocs {
 pub struct SyntheticStream(PackedStream<SyntheticDocs>);
 
 impl SyntheticStream {
-    pub fn new(
-        world: impl Into<Arc<World>>,
-        tokenizer: Tokenizer,
-        seed: u64,
-        qa_fraction: f64,
-        batch: usize,
-        seq: usize,
-    ) -> Result<Self> {
+    pub fn new(world: impl Into<Arc<World>>, tokenizer: Tokenizer, seed: u64, qa_fraction: f64, batch: usize, seq: usize) -> Result<Self> {
         let world = world.into();
         if !(0.0..=1.0).contains(&qa_fraction) {
             bail!("qa_fraction must be in [0, 1], got {qa_fraction}");
@@ -301,13 +291,7 @@ impl TextCorpusStream {
         Self::from_documents(super::text::read_documents(paths)?, tokenizer, seed, batch, seq)
     }
 
-    pub fn from_documents(
-        docs: Vec<String>,
-        tokenizer: Tokenizer,
-        seed: u64,
-        batch: usize,
-        seq: usize,
-    ) -> Result<Self> {
+    pub fn from_documents(docs: Vec<String>, tokenizer: Tokenizer, seed: u64, batch: usize, seq: usize) -> Result<Self> {
         if docs.is_empty() {
             return Err(MemtuneError::Other("the text corpus has no documents".into()).into());
         }
@@ -376,17 +360,12 @@ impl PaddedBatch {
         }
         for (i, (p, c)) in pairs.iter().enumerate() {
             if p.is_empty() || c.is_empty() {
-                bail!(
-                    "sequence {i} needs at least one context token and one target token (got {} + {})",
-                    p.len(),
-                    c.len()
-                );
+                bail!("sequence {i} needs at least one context token and one target token (got {} + {})", p.len(), c.len());
             }
         }
         let seq = pairs.iter().map(|(p, c)| p.len() + c.len() - 1).max().unwrap();
         let batch = pairs.len();
-        let (mut inputs, mut targets, mut mask) =
-            (vec![pad_id; batch * seq], vec![IGNORE_INDEX; batch * seq], vec![0u8; batch * seq]);
+        let (mut inputs, mut targets, mut mask) = (vec![pad_id; batch * seq], vec![IGNORE_INDEX; batch * seq], vec![0u8; batch * seq]);
         for (r, (p, c)) in pairs.iter().enumerate() {
             let full: Vec<u32> = p.iter().chain(c.iter()).copied().collect();
             let n = full.len() - 1;
@@ -474,13 +453,7 @@ mod tests {
     use crate::data::tokenizer::train_bpe;
 
     fn world_and_tok() -> (Arc<World>, Tokenizer) {
-        let w = World::generate(&WorldConfig {
-            seed: 2,
-            n_qa_people: 20,
-            n_bio_only_people: 20,
-            n_new_people: 5,
-            n_seal_people: 5,
-        });
+        let w = World::generate(&WorldConfig { seed: 2, n_qa_people: 20, n_bio_only_people: 20, n_new_people: 5, n_seal_people: 5 });
         let tok = train_bpe(w.corpus_sample(100, 0), 320).unwrap();
         (Arc::new(w), tok)
     }

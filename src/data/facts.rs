@@ -1,4 +1,4 @@
-//! The stream of new facts to learn (DESIGN.md §2 and §4b, the paper's setup): facts are learned
+//! The stream of new facts to learn (docs/design.md, "Sparse memory finetuning", the paper's setup): facts are learned
 //! one after another, each as one batch of N paraphrased statements, one statement per row (no
 //! two copies packed into one sequence; rows right-padded, padding masked out).
 //!
@@ -51,9 +51,7 @@ impl Fact {
         ensure!(n > 0, "a fact batch needs at least one paraphrase");
         ensure!(!self.statements.is_empty(), "fact about `{}` has no statement", self.subject);
         let eos = tok.eos_id();
-        let seqs = (0..n)
-            .map(|i| tok.encode_document(&self.statements[i % self.statements.len()]))
-            .collect::<Result<Vec<_>>>()?;
+        let seqs = (0..n).map(|i| tok.encode_document(&self.statements[i % self.statements.len()])).collect::<Result<Vec<_>>>()?;
         Ok(PaddedBatch::from_sequences(&seqs, eos)?.to_batch())
     }
 }
@@ -111,7 +109,9 @@ pub fn read_facts_jsonl(path: &Path, n: usize) -> Result<Vec<Fact>> {
             let question = q["question"].as_str().with_context(|| format!("{}: a question needs \"question\"", at()))?.to_string();
             let answers = match (&q["answers"], &q["answer"]) {
                 (serde_json::Value::Null, serde_json::Value::Null) => bail!("{}: question without \"answers\" (or \"answer\")", at()),
-                (a, serde_json::Value::Null) | (serde_json::Value::Null, a) => strings(a).with_context(|| format!("{}: \"answers\" must be strings", at()))?,
+                (a, serde_json::Value::Null) | (serde_json::Value::Null, a) => {
+                    strings(a).with_context(|| format!("{}: \"answers\" must be strings", at()))?
+                }
                 _ => bail!("{}: give \"answers\" or \"answer\", not both", at()),
             };
             Ok(Question { question, answers })

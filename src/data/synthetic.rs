@@ -1,4 +1,4 @@
-//! The synthetic world (DESIGN.md §4, §4b): people with single-word attributes, rendered as
+//! The synthetic world (docs/design.md, "The synthetic world"): people with single-word attributes, rendered as
 //! biographies (random template per attribute, shuffled sentence order, re-sampled every time
 //! a document is drawn) and as question/answer pairs, split into
 //! - `qa_people`: pretraining world, bios and QA pairs in the training stream;
@@ -229,12 +229,9 @@ impl Attribute {
     /// Question templates; the answer is the value word.
     pub fn question_templates(self) -> &'static [&'static str] {
         match self {
-            Attribute::BirthCity => &[
-                "Where was {n} born?",
-                "In which city was {n} born?",
-                "What is the birthplace of {n}?",
-                "Which city is {n} from?",
-            ],
+            Attribute::BirthCity => {
+                &["Where was {n} born?", "In which city was {n} born?", "What is the birthplace of {n}?", "Which city is {n} from?"]
+            }
             Attribute::University => &[
                 "Which university did {n} attend?",
                 "Where did {n} study?",
@@ -247,18 +244,12 @@ impl Attribute {
                 "What is {n}'s field of study?",
                 "Which subject did {n} specialize in?",
             ],
-            Attribute::Employer => &[
-                "Where does {n} work?",
-                "Who employs {n}?",
-                "Which company does {n} work for?",
-                "What is the employer of {n}?",
-            ],
-            Attribute::Hobby => &[
-                "What is {n}'s hobby?",
-                "What does {n} enjoy doing?",
-                "What hobby does {n} have?",
-                "How does {n} spend free time?",
-            ],
+            Attribute::Employer => {
+                &["Where does {n} work?", "Who employs {n}?", "Which company does {n} work for?", "What is the employer of {n}?"]
+            }
+            Attribute::Hobby => {
+                &["What is {n}'s hobby?", "What does {n} enjoy doing?", "What hobby does {n} have?", "How does {n} spend free time?"]
+            }
         }
     }
 }
@@ -298,9 +289,10 @@ impl std::str::FromStr for Split {
     /// "qa", "bio_only" (or "bio-only"), "new", "seal".
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         let s = s.replace('-', "_");
-        Split::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| {
-            crate::MemtuneError::Other(format!("unknown split `{s}` (expected qa, bio_only, new or seal)"))
-        })
+        Split::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| crate::MemtuneError::Other(format!("unknown split `{s}` (expected qa, bio_only, new or seal)")))
     }
 }
 
@@ -358,10 +350,8 @@ pub fn render_statement(person: &Person, attr: Attribute, template: usize) -> St
 
 /// A biography: a random template per attribute, sentences in random order.
 pub fn render_bio<R: Rng + ?Sized>(person: &Person, rng: &mut R) -> String {
-    let mut sentences: Vec<String> = Attribute::ALL
-        .iter()
-        .map(|&a| render_statement(person, a, rng.random_range(0..a.bio_templates().len())))
-        .collect();
+    let mut sentences: Vec<String> =
+        Attribute::ALL.iter().map(|&a| render_statement(person, a, rng.random_range(0..a.bio_templates().len()))).collect();
     sentences.shuffle(rng);
     sentences.join(" ")
 }
@@ -392,10 +382,7 @@ pub struct World {
 
 /// Every question (all attributes × all templates) about a person.
 pub fn person_qa_pairs(person: &Person) -> Vec<(Attribute, usize, QaPair)> {
-    Attribute::ALL
-        .into_iter()
-        .flat_map(|a| (0..a.question_templates().len()).map(move |t| (a, t, render_qa(person, a, t))))
-        .collect()
+    Attribute::ALL.into_iter().flat_map(|a| (0..a.question_templates().len()).map(move |t| (a, t, render_qa(person, a, t)))).collect()
 }
 
 impl World {
@@ -408,17 +395,14 @@ impl World {
     pub fn try_generate(cfg: &WorldConfig) -> Result<World> {
         cfg.validate().map_err(|m| crate::MemtuneError::Other(format!("data.world: {m}")))?;
         // Sample names without replacement: a shuffled list of all (first, last) pairs.
-        let mut pairs: Vec<(usize, usize)> =
-            (0..FIRST_NAMES.len()).flat_map(|f| (0..LAST_NAMES.len()).map(move |l| (f, l))).collect();
+        let mut pairs: Vec<(usize, usize)> = (0..FIRST_NAMES.len()).flat_map(|f| (0..LAST_NAMES.len()).map(move |l| (f, l))).collect();
         pairs.shuffle(&mut rng_for(cfg.seed, "world-names"));
         let mut vrng = rng_for(cfg.seed, "world-values");
         let mut people = pairs.into_iter().take(cfg.total_people()).map(|(f, l)| {
             let values = Attribute::ALL.map(|a| a.values()[vrng.random_range(0..a.values().len())].to_string());
             Person { name: format!("{} {}", FIRST_NAMES[f], LAST_NAMES[l]), split: Split::Qa, values }
         });
-        let mut take = |n: usize, split: Split| -> Vec<Person> {
-            people.by_ref().take(n).map(|p| Person { split, ..p }).collect()
-        };
+        let mut take = |n: usize, split: Split| -> Vec<Person> { people.by_ref().take(n).map(|p| Person { split, ..p }).collect() };
         Ok(World {
             config: cfg.clone(),
             qa_people: take(cfg.n_qa_people, Split::Qa),
@@ -558,10 +542,7 @@ mod tests {
         for s in Split::ALL {
             assert!(w.people(s).iter().all(|p| p.split == s));
         }
-        assert_eq!(
-            (w.qa_people.len(), w.bio_only_people.len(), w.new_people.len(), w.seal_people.len()),
-            (30, 30, 10, 5)
-        );
+        assert_eq!((w.qa_people.len(), w.bio_only_people.len(), w.new_people.len(), w.seal_people.len()), (30, 30, 10, 5));
     }
 
     #[test]
@@ -662,8 +643,7 @@ mod tests {
         assert_eq!(lines("bios.jsonl"), 75);
         assert_eq!(lines("qa.jsonl"), 75 * 20);
         let first: serde_json::Value =
-            serde_json::from_str(std::fs::read_to_string(dir.path().join("qa.jsonl")).unwrap().lines().next().unwrap())
-                .unwrap();
+            serde_json::from_str(std::fs::read_to_string(dir.path().join("qa.jsonl")).unwrap().lines().next().unwrap()).unwrap();
         assert_eq!(first["split"], "qa");
     }
 }

@@ -10,14 +10,12 @@ pub fn read_documents(paths: &[impl AsRef<Path>]) -> Result<Vec<String>> {
     let mut docs = Vec::new();
     for path in paths {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| MemtuneError::Other(format!("cannot read corpus file {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| MemtuneError::Other(format!("cannot read corpus file {}: {e}", path.display())))?;
         if is_jsonl(path) {
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 docs.push(
-                    jsonl_text(line).map_err(|m| {
-                        MemtuneError::Other(format!("corpus file {} line {}: {m}", path.display(), i + 1))
-                    })?,
+                    jsonl_text(line).map_err(|m| MemtuneError::Other(format!("corpus file {} line {}: {m}", path.display(), i + 1)))?,
                 );
             }
         } else {

@@ -44,9 +44,7 @@ impl Tokenizer {
     pub fn from_inner(inner: tokenizers::Tokenizer) -> Result<Self> {
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let stops: Vec<u32> = EOS_NAMES.iter().filter_map(|n| inner.token_to_id(n)).collect();
-        let eos = *stops
-            .first()
-            .ok_or_else(|| anyhow!("tokenizer has no end-of-sequence token (looked for {})", EOS_NAMES.join(", ")))?;
+        let eos = *stops.first().ok_or_else(|| anyhow!("tokenizer has no end-of-sequence token (looked for {})", EOS_NAMES.join(", ")))?;
         let (bos, pad) = (find(BOS_NAMES), find(PAD_NAMES));
         Ok(Self { inner, eos, bos, pad, stops })
     }
@@ -69,9 +67,7 @@ impl Tokenizer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        self.inner
-            .save(path, false)
-            .map_err(|e| MemtuneError::Other(format!("cannot save tokenizer {}: {e}", path.display())).into())
+        self.inner.save(path, false).map_err(|e| MemtuneError::Other(format!("cannot save tokenizer {}: {e}", path.display())).into())
     }
 
     /// Token ids of `text`, without any special tokens added around it.
@@ -188,11 +184,8 @@ where
     tk.train(&mut trainer, texts.into_iter()).map_err(|e| anyhow!("BPE training failed: {e}"))?;
     let learned = tk.get_vocab_size(true);
     if learned < vocab_size {
-        tracing::warn!(
-            "the BPE corpus gave only {learned} tokens; padding to vocab_size = {vocab_size} with reserved tokens"
-        );
-        let reserved: Vec<AddedToken> =
-            (0..vocab_size - learned).map(|i| AddedToken::from(format!("<|reserved_{i}|>"), true)).collect();
+        tracing::warn!("the BPE corpus gave only {learned} tokens; padding to vocab_size = {vocab_size} with reserved tokens");
+        let reserved: Vec<AddedToken> = (0..vocab_size - learned).map(|i| AddedToken::from(format!("<|reserved_{i}|>"), true)).collect();
         tk.add_special_tokens(&reserved);
     }
     let tok = Tokenizer::from_inner(tk)?;
@@ -216,13 +209,7 @@ mod tests {
     use crate::data::synthetic::{World, WorldConfig};
 
     fn corpus() -> Vec<String> {
-        let w = World::generate(&WorldConfig {
-            seed: 1,
-            n_qa_people: 40,
-            n_bio_only_people: 40,
-            n_new_people: 10,
-            n_seal_people: 5,
-        });
+        let w = World::generate(&WorldConfig { seed: 1, n_qa_people: 40, n_bio_only_people: 40, n_new_people: 10, n_seal_people: 5 });
         w.corpus_sample(200, 0)
     }
 
@@ -232,9 +219,7 @@ mod tests {
         assert_eq!(tok.vocab_size(), 400);
         assert_eq!(tok.eos_id(), 0);
         assert_eq!(tok.token_to_id(ENDOFTEXT), Some(0));
-        for text in
-            ["Ada Smith was born in Paris.", "Q: Where does Kai Kim work? A: Nokia", "ünïcödé ☃ and\nnewlines\ttabs  "]
-        {
+        for text in ["Ada Smith was born in Paris.", "Q: Where does Kai Kim work? A: Nokia", "ünïcödé ☃ and\nnewlines\ttabs  "] {
             let ids = tok.encode(text).unwrap();
             assert_eq!(tok.decode(&ids).unwrap(), text);
         }
@@ -255,10 +240,7 @@ mod tests {
         assert_eq!(back.vocab_size(), 300);
         assert_eq!(back.encode("Lina Kim loves chess.").unwrap(), tok.encode("Lina Kim loves chess.").unwrap());
         assert!(back.check_vocab(300, &path).is_ok());
-        assert!(matches!(
-            back.check_vocab(512, &path),
-            Err(MemtuneError::VocabMismatch { tokenizer_vocab: 300, model_vocab: 512, .. })
-        ));
+        assert!(matches!(back.check_vocab(512, &path), Err(MemtuneError::VocabMismatch { tokenizer_vocab: 300, model_vocab: 512, .. })));
         assert!(back.check_vocab(200, &path).is_err());
         assert!(back.check_vocab_fits(512, &path).is_ok());
         assert!(back.check_vocab_fits(299, &path).is_err());

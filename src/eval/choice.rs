@@ -40,13 +40,20 @@ pub fn read_bigbench(path: &Path, limit: usize, seed: u64) -> Result<Vec<ChoiceI
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read multiple-choice task {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let prefix = |key: &str, default: &str| v.get(key).and_then(|x| x.as_str()).unwrap_or(default).to_string();
-    let (task, input, output) = (prefix("task_prefix", ""), prefix("example_input_prefix", "\nQ: "), prefix("example_output_prefix", "\nA: "));
-    let examples = v.get("examples").and_then(|e| e.as_array()).with_context(|| format!("{}: no \"examples\" list (BIG-bench JSON task format)", path.display()))?;
+    let (task, input, output) =
+        (prefix("task_prefix", ""), prefix("example_input_prefix", "\nQ: "), prefix("example_output_prefix", "\nA: "));
+    let examples = v
+        .get("examples")
+        .and_then(|e| e.as_array())
+        .with_context(|| format!("{}: no \"examples\" list (BIG-bench JSON task format)", path.display()))?;
     let mut items = vec![];
     for (i, ex) in examples.iter().enumerate() {
         let at = || format!("{}: examples[{i}]", path.display());
         let q = ex.get("input").and_then(|x| x.as_str()).with_context(|| format!("{}: no \"input\" string", at()))?;
-        let scores = ex.get("target_scores").and_then(|x| x.as_object()).with_context(|| format!("{}: no \"target_scores\" object (not a multiple-choice example)", at()))?;
+        let scores = ex
+            .get("target_scores")
+            .and_then(|x| x.as_object())
+            .with_context(|| format!("{}: no \"target_scores\" object (not a multiple-choice example)", at()))?;
         ensure!(scores.len() >= 2, "{}: \"target_scores\" has {} choice(s), at least 2 needed", at(), scores.len());
         let choices: Vec<String> = scores.keys().cloned().collect();
         let best: Vec<usize> = scores.values().enumerate().filter(|(_, s)| s.as_f64() == Some(1.0)).map(|(j, _)| j).collect();
@@ -89,7 +96,14 @@ pub fn evaluate_choices(model: &Llama, tok: &Tokenizer, items: &[ChoiceItem]) ->
     }
     let (a, a_se) = mean_stderr(&acc);
     let (n, n_se) = mean_stderr(&norm);
-    Ok(ChoiceReport { n: items.len(), acc: a, acc_stderr: a_se, acc_norm: n, acc_norm_stderr: n_se, chance: chance / items.len().max(1) as f64 })
+    Ok(ChoiceReport {
+        n: items.len(),
+        acc: a,
+        acc_stderr: a_se,
+        acc_norm: n,
+        acc_norm_stderr: n_se,
+        chance: chance / items.len().max(1) as f64,
+    })
 }
 
 #[cfg(test)]
@@ -100,10 +114,21 @@ mod tests {
     fn reads_bigbench_tasks_and_names_the_bad_example() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("task.json");
-        std::fs::write(&p, r#"{"examples": [{"input": "Sky?", "target_scores": {"blue": 1, "green": 0}}], "example_output_prefix": "\nAnswer:"}"#).unwrap();
+        std::fs::write(
+            &p,
+            r#"{"examples": [{"input": "Sky?", "target_scores": {"blue": 1, "green": 0}}], "example_output_prefix": "\nAnswer:"}"#,
+        )
+        .unwrap();
         let items = read_bigbench(&p, 0, 0).unwrap();
-        assert_eq!(items, vec![ChoiceItem { context: "Q: Sky?\nAnswer:".into(), choices: vec!["blue".into(), "green".into()], correct: 0 }]);
-        std::fs::write(&p, r#"{"examples": [{"input": "a", "target_scores": {"x": 1, "y": 0}}, {"input": "b", "target_scores": {"x": 0, "y": 0}}]}"#).unwrap();
+        assert_eq!(
+            items,
+            vec![ChoiceItem { context: "Q: Sky?\nAnswer:".into(), choices: vec!["blue".into(), "green".into()], correct: 0 }]
+        );
+        std::fs::write(
+            &p,
+            r#"{"examples": [{"input": "a", "target_scores": {"x": 1, "y": 0}}, {"input": "b", "target_scores": {"x": 0, "y": 0}}]}"#,
+        )
+        .unwrap();
         let e = format!("{:#}", read_bigbench(&p, 0, 0).unwrap_err());
         assert!(e.contains("examples[1]") && e.contains("exactly one"), "{e}");
         std::fs::write(&p, r#"{"examples": [{"input": "a", "target": "x"}]}"#).unwrap();

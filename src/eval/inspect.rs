@@ -3,7 +3,7 @@
 //! (the layers share one value table).
 
 use crate::data::batches::BatchSource;
-use crate::model::memory::MemoryTrace;
+use crate::model::memory_trace::MemoryTrace;
 use crate::model::{ForwardCtx, Llama};
 use anyhow::Result;
 use serde::Serialize;
@@ -102,7 +102,13 @@ fn add_trace(per_layer: &mut [(usize, Vec<u64>)], t: &MemoryTrace) {
 
 /// `memtune inspect`: load a model folder and run `batches` batches of `texts` (or of the run's
 /// own training distribution, with the held-out seed) through it.
-pub fn inspect_command(model_dir: &std::path::Path, texts: &[std::path::PathBuf], batches: usize, top: usize, device: &candle_core::Device) -> Result<InspectReport> {
+pub fn inspect_command(
+    model_dir: &std::path::Path,
+    texts: &[std::path::PathBuf],
+    batches: usize,
+    top: usize,
+    device: &candle_core::Device,
+) -> Result<InspectReport> {
     use crate::config::{DataSource, ExperimentConfig};
     use crate::train::pretrain::{training_stream, HELDOUT_SEED};
     let dir = crate::model::pretrained::resolve_model_dir(model_dir)?;

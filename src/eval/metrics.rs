@@ -6,11 +6,7 @@ use std::collections::HashMap;
 pub fn normalize_answer(s: &str) -> String {
     let lower = s.to_lowercase();
     let no_punct: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
-    no_punct
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    no_punct.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).collect::<Vec<_>>().join(" ")
 }
 
 /// 1.0 if the normalised prediction equals any normalised gold answer.

@@ -83,10 +83,11 @@ pub fn evaluate_prompts(model: &Llama, tok: &Tokenizer, items: &[QaItem], prompt
 
 /// EM, F1 and `contains` of predictions against gold answer lists.
 pub fn score(preds: &[String], golds: &[&[String]]) -> QaReport {
-    let per = |f: fn(&str, &[String]) -> f64| -> (f64, f64) { mean_stderr(&preds.iter().zip(golds).map(|(p, g)| f(p, g)).collect::<Vec<_>>()) };
-    let (em, em_stderr) = per(|p, g| exact_match(p, g));
-    let (f1, f1_stderr) = per(|p, g| token_f1(p, g));
-    let (contains, contains_stderr) = per(|p, g| contains_answer(p, g));
+    let per =
+        |f: fn(&str, &[String]) -> f64| -> (f64, f64) { mean_stderr(&preds.iter().zip(golds).map(|(p, g)| f(p, g)).collect::<Vec<_>>()) };
+    let (em, em_stderr) = per(exact_match);
+    let (f1, f1_stderr) = per(token_f1);
+    let (contains, contains_stderr) = per(contains_answer);
     QaReport { n: preds.len(), em, em_stderr, f1, f1_stderr, contains, contains_stderr }
 }
 
@@ -119,7 +120,7 @@ pub fn greedy_answers_ids(model: &Llama, tok: &Tokenizer, ids: Vec<Vec<u32>>) ->
     Ok(preds)
 }
 
-/// Statement completion on learned facts (DESIGN.md §4b reports it beside QA): for every
+/// Statement completion on learned facts (docs/design.md, "Measured settings" reports it beside QA): for every
 /// statement of a fact that contains one of its answers, the text before the answer is the
 /// prompt (after an end-of-text token, as the fact's training rows frame it), and the first word
 /// the model continues it with must be that answer (EM).

@@ -62,7 +62,8 @@ pub fn continuation_logprobs(model: &Llama, tok: &Tokenizer, pairs: &[(Vec<u32>,
     let dev = model.device();
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(SCORE_BATCH) {
-        let seqs: Vec<Vec<u32>> = chunk.iter().map(|(c, x)| std::iter::once(start).chain(c.iter().copied()).chain(x.iter().copied()).collect()).collect();
+        let seqs: Vec<Vec<u32>> =
+            chunk.iter().map(|(c, x)| std::iter::once(start).chain(c.iter().copied()).chain(x.iter().copied()).collect()).collect();
         let t = seqs.iter().map(|s| s.len() - 1).max().unwrap_or(0);
         anyhow::ensure!(t < max, "a scored text of {t} tokens is longer than max_position_embeddings = {max}");
         if t == 0 {
@@ -72,8 +73,8 @@ pub fn continuation_logprobs(model: &Llama, tok: &Tokenizer, pairs: &[(Vec<u32>,
         let (mut inputs, mut targets) = (Vec::with_capacity(seqs.len() * t), Vec::with_capacity(seqs.len() * t));
         for s in &seqs {
             let n = s.len() - 1;
-            inputs.extend(s[..n].iter().copied().chain(std::iter::repeat(start).take(t - n)));
-            targets.extend(s[1..].iter().copied().chain(std::iter::repeat(start).take(t - n)));
+            inputs.extend(s[..n].iter().copied().chain(std::iter::repeat_n(start, t - n)));
+            targets.extend(s[1..].iter().copied().chain(std::iter::repeat_n(start, t - n)));
         }
         let b = seqs.len();
         let lp = model.token_logprobs(&Tensor::from_vec(inputs, (b, t), dev)?, &Tensor::from_vec(targets, (b, t), dev)?)?;

@@ -30,7 +30,7 @@
 //! [`Checkpoint::load`] reads the backup, i.e. the previous checkpoint, instead. The next save
 //! finishes the interrupted commit (roll forward: the staged files are complete) before starting.
 //!
-//! This module sits at the ground floor (DESIGN.md §5), so it takes the model's tensors as a map
+//! This module sits at the ground floor (docs/design.md, "Architecture"), so it takes the model's tensors as a map
 //! (`ParamStore::tensors()`) rather than the store itself.
 
 use crate::io::atomic::{sync_dir, write_atomic, write_atomic_with};

@@ -69,8 +69,8 @@ impl Drop for StagedDir {
 
 fn refuse_non_empty(target: &Path) -> Result<()> {
     if target.exists() {
-        let non_empty = !target.is_dir()
-            || fs::read_dir(target).with_context(|| format!("cannot list {}", target.display()))?.next().is_some();
+        let non_empty =
+            !target.is_dir() || fs::read_dir(target).with_context(|| format!("cannot list {}", target.display()))?.next().is_some();
         if non_empty {
             return Err(MemtuneError::Other(format!(
                 "{} already exists and is not an empty folder; choose another output or remove it",

@@ -39,7 +39,7 @@ pub enum MemoryPlacement {
     Parallel,
 }
 
-/// How the value table is optimised (see `train::sparse_values`).
+/// How the value table is optimised (see `train::values`).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ValueOptimizerKind {
     /// `adamw-rowwise` for tables of at least `ROWWISE_MIN_ROWS` rows, `adamw` below.
@@ -69,7 +69,7 @@ impl ValueOptimizerKind {
     }
 }
 
-/// Product-key memory (Memory+, DESIGN.md §1).
+/// Product-key memory (Memory+, docs/design.md, "The memory layer").
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
@@ -126,10 +126,7 @@ impl MemoryConfig {
         let mut seen = std::collections::HashSet::new();
         for &l in &self.layers {
             if l >= num_layers {
-                return Err(format!(
-                    "{}: layer index {l} is out of range (model.num_hidden_layers = {num_layers})",
-                    k("layers")
-                ));
+                return Err(format!("{}: layer index {l} is out of range (model.num_hidden_layers = {num_layers})", k("layers")));
             }
             if !seen.insert(l) {
                 return Err(format!("{}: layer {l} is listed twice", k("layers")));
@@ -197,19 +194,19 @@ impl LlamaConfig {
         pos("num_attention_heads", self.num_attention_heads)?;
         pos("num_key_value_heads", self.num_key_value_heads)?;
         pos("max_position_embeddings", self.max_position_embeddings)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "model.hidden_size ({}) must be divisible by model.num_attention_heads ({})",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(
                 "model.num_attention_heads ({}) must be divisible by model.num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(format!("model head dim ({}) must be even for RoPE", self.head_dim()));
         }
         if let Some(m) = &self.memory {
@@ -249,7 +246,9 @@ impl LlamaConfig {
         }
         let mut cfg: LlamaConfig = serde_json::from_value(serde_json::Value::Object(known))?;
         for key in ["rope_scaling", "rope_parameters"] {
-            if let Some(r) = obj.get(key).filter(|r| r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()) == Some("llama3")) {
+            if let Some(r) =
+                obj.get(key).filter(|r| r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()) == Some("llama3"))
+            {
                 cfg.rope_scaling = Some(super::rope_scaling::RopeScaling::from_hf(key, r)?);
             }
         }

@@ -54,9 +54,7 @@ impl RepoRef {
             None => (s, DEFAULT_REVISION),
         };
         let parts: Vec<&str> = id.split('/').collect();
-        let ok = |p: &str| {
-            !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        };
+        let ok = |p: &str| !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         (parts.len() == 2 && parts.iter().all(|p| ok(p))).then(|| Self { repo_id: id.to_string(), revision: rev.to_string() })
     }
 

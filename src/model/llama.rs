@@ -6,76 +6,14 @@
 //! them as (B, T, H, Dh) without copying.
 
 use super::config::{LlamaConfig, MemoryPlacement};
+use super::feed_forward::{FeedForward, ForwardCtx, SwiGluMlp};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
-use super::memory::{value_table, MemoryLayer, MemoryTrace, ParallelMemory};
-use super::params::{Init, ParamBuilder};
+use super::memory::{value_table, MemoryLayer, ParallelMemory};
+use super::params::{Init, ParamBuilder, INIT_STD};
 use crate::ops;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-
-const INIT_STD: f64 = 0.02;
-
-/// Per-forward state handed to every block: lets modules (the memory layer) record what they
-/// touched and know which positions are padding.
-#[derive(Default)]
-pub struct ForwardCtx {
-    /// For each of the B·T positions, whether it is a real token (padding is excluded from
-    /// access accounting). `None` means every position is real.
-    pub token_mask: Option<Vec<bool>>,
-    /// What each memory layer read, in layer order: the gathered value rows that receive the
-    /// gradient and the accessed slots (see `memory::MemoryTrace`).
-    pub memory: Vec<MemoryTrace>,
-    /// Inference: memory layers record no traces (nothing is kept alive between calls).
-    pub skip_memory_traces: bool,
-    /// Per batch row, how many leading positions are padding that attention hides (prompts of
-    /// several lengths decoded as one batch); empty: none.
-    pub left_pad: Vec<usize>,
-    /// When `Some`, each memory layer appends its input (layer, (N, D)): the statistics a retrofit
-    /// standardises the memory's query against (`train::retrofit`).
-    pub memory_inputs: Option<Vec<(usize, Tensor)>>,
-}
-
-impl ForwardCtx {
-    /// A context for forwards that will not be differentiated.
-    pub fn inference() -> Self {
-        Self { skip_memory_traces: true, ..Default::default() }
-    }
-}
-
-/// What fills a block's feed-forward slot: the SwiGLU MLP, or a memory layer in its place or
-/// beside it.
-pub trait FeedForward: Send + Sync {
-    /// x: (N, D) post-attention-norm activations -> (N, D)
-    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor>;
-}
-
-/// down(silu(gate(x)) * up(x))
-pub struct SwiGluMlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
-}
-
-impl SwiGluMlp {
-    pub fn new(cfg: &LlamaConfig, pb: &ParamBuilder) -> Result<Self> {
-        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let std = Init::Normal { std: INIT_STD };
-        let resid = Init::Normal { std: INIT_STD / (2.0 * cfg.num_hidden_layers as f64).sqrt() };
-        Ok(Self {
-            gate_proj: Linear::new(&pb.pp("gate_proj"), d, f, false, std)?,
-            up_proj: Linear::new(&pb.pp("up_proj"), d, f, false, std)?,
-            down_proj: Linear::new(&pb.pp("down_proj"), f, d, false, resid)?,
-        })
-    }
-}
-
-impl FeedForward for SwiGluMlp {
-    fn forward(&self, x: &Tensor, _ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let h = ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
-        Ok(self.down_proj.forward(&h)?)
-    }
-}
 
 pub struct Attention {
     pub q_proj: Linear,
@@ -212,11 +150,7 @@ impl Llama {
         let (b, t) = tokens.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if offset + t > self.cfg.max_position_embeddings {
-            anyhow::bail!(
-                "sequence of {} positions exceeds max_position_embeddings = {}",
-                offset + t,
-                self.cfg.max_position_embeddings
-            );
+            anyhow::bail!("sequence of {} positions exceeds max_position_embeddings = {}", offset + t, self.cfg.max_position_embeddings);
         }
         let mut x = self.embed_tokens.index_select(&tokens.flatten_all()?, 0)?;
         let eps = self.cfg.rms_norm_eps;
@@ -271,5 +205,37 @@ impl Llama {
     pub fn token_logprobs(&self, inputs: &Tensor, targets: &Tensor) -> Result<Vec<f32>> {
         let logits = self.forward(inputs, None, &mut ForwardCtx::inference())?;
         Ok(ops::token_logprobs(&logits, &targets.flatten_all()?)?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ForwardCtx, ParamStore};
+    use crate::ops::timing::time_op;
+
+    /// End-to-end: loss forward + backward of the default Llama config (d 256, 4 layers, vocab 4096)
+    /// on a batch of 8 × 128 tokens; prints tokens/s of forward+backward (no optimiser step).
+    #[test]
+    #[ignore]
+    fn timing_model_step() {
+        let cfg = LlamaConfig::default();
+        let store = ParamStore::new();
+        let model = Llama::new(&cfg, &ParamBuilder::fresh(&store, 0, &Device::Cpu)).unwrap();
+        let (b, t) = (8usize, 128usize);
+        let toks: Vec<u32> = (0..b * t).map(|i| ((i * 7919) % cfg.vocab_size) as u32).collect();
+        let inputs = Tensor::from_vec(toks.clone(), (b, t), &Device::Cpu).unwrap();
+        let targets =
+            Tensor::from_vec(toks.iter().map(|x| (x + 1) % cfg.vocab_size as u32).collect::<Vec<_>>(), (b, t), &Device::Cpu).unwrap();
+        let fwd = time_op(|| {
+            model.loss(&inputs, &targets, &mut ForwardCtx::default()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(())
+        });
+        let step = time_op(|| {
+            let l = model.loss(&inputs, &targets, &mut ForwardCtx::default()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            l.backward()?;
+            Ok(())
+        });
+        println!("model loss forward: {fwd}; forward+backward: {step} ({} tokens per step)", b * t);
     }
 }

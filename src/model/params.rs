@@ -5,14 +5,44 @@
 //! the model is built: frozen parameters are handed out detached (same storage, no gradient), so
 //! backward does no work for them.
 
-use crate::config::Precision;
 use crate::util::rng_for;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use rand_distr::{Distribution, Normal, Uniform};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+/// Standard deviation of the weights a fresh model draws (GPT-2's; residual projections divide
+/// it by sqrt(2 · layers)).
+pub const INIT_STD: f64 = 0.02;
+
+/// What the linear layers multiply in. The parameters, their gradients and the optimiser state are
+/// f32 either way (the master copies); with `Bf16` each projection casts its input and weight to
+/// bf16, multiplies (tensor cores on a GPU), and casts the product back to f32. Norms, RoPE,
+/// attention, the loss and the memory layer's value reads stay f32.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The dtype the linear layers multiply in.
+    pub fn matmul_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
 
 /// How a fresh parameter is initialised.
 #[derive(Clone, Copy, Debug)]
@@ -20,12 +50,18 @@ pub enum Init {
     Zeros,
     Ones,
     Constant(f64),
-    Normal { std: f64 },
+    Normal {
+        std: f64,
+    },
     /// N(0, std²) drawn in parallel for large tables: chunk i of `INIT_CHUNK` elements comes from
     /// its own stream `rng_for(seed, "<name>/chunk-i")`, so the values do not depend on the number
     /// of threads.
-    NormalChunked { std: f64 },
-    Uniform { bound: f64 },
+    NormalChunked {
+        std: f64,
+    },
+    Uniform {
+        bound: f64,
+    },
     /// U(±sqrt(6 / (fan_in + fan_out))) for a (out, in) matrix.
     XavierUniform,
 }
@@ -124,7 +160,7 @@ pub struct ParamBuilder {
     /// added to a trained model: LoRA adapters, a retrofitted memory layer).
     init_missing: Option<u64>,
     /// LoRA adapters to attach to the linear layers it targets.
-    lora: Option<Arc<super::lora::LoraConfig>>,
+    lora: Option<Arc<super::lora_config::LoraConfig>>,
     /// What the linear layers multiply in (`train.precision`); parameters are f32 regardless.
     precision: Precision,
 }
@@ -176,12 +212,12 @@ impl ParamBuilder {
     }
 
     /// Attach LoRA adapters (created fresh when absent) to the linear layers `cfg` targets.
-    pub fn with_lora(mut self, cfg: super::lora::LoraConfig) -> Self {
+    pub fn with_lora(mut self, cfg: super::lora_config::LoraConfig) -> Self {
         self.lora = Some(Arc::new(cfg));
         self
     }
 
-    pub fn lora(&self) -> Option<&super::lora::LoraConfig> {
+    pub fn lora(&self) -> Option<&super::lora_config::LoraConfig> {
         self.lora.as_deref()
     }
 

@@ -89,7 +89,7 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
     let dir = &resolve_model_dir(dir)?;
     check_model_dir(dir)?;
     let cfg = load_config(dir)?;
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
     let tensors = super::params::load_safetensors(&weight_files(dir)?, device)?;
     let names: Vec<String> = tensors.keys().cloned().collect();
     let store = ParamStore::new();
@@ -141,8 +141,7 @@ pub fn resolve_model_dir_in(arg: &Path, cache_root: &Path) -> Result<PathBuf> {
     let Some(repo) = arg.to_str().and_then(hub_cache::RepoRef::parse) else {
         return Ok(arg.to_path_buf());
     };
-    let snap = hub_cache::snapshot_dir(&repo, cache_root)
-        .map_err(|e| anyhow::anyhow!("no folder {} here, and {e:#}", arg.display()))?;
+    let snap = hub_cache::snapshot_dir(&repo, cache_root).map_err(|e| anyhow::anyhow!("no folder {} here, and {e:#}", arg.display()))?;
     let missing = missing_files(&snap)?;
     if !missing.is_empty() {
         return Err(MemtuneError::Other(format!(

@@ -93,7 +93,13 @@ mod tests {
 
     #[test]
     fn three_bands() {
-        let s = RopeScaling { rope_type: RopeType::Llama3, factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 32 };
+        let s = RopeScaling {
+            rope_type: RopeType::Llama3,
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 32,
+        };
         let plain = inv_freq(16, 20_000.0, None);
         let scaled = inv_freq(16, 20_000.0, Some(&s));
         // wavelengths 6.3 (< 8: kept), 21 (between 8 and 32: blended), 71 and up (> 32: / 8)

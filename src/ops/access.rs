@@ -43,9 +43,8 @@ impl<F: FnOnce(&mut [f32])> candle_core::InplaceOp1 for InplaceClosure<F> {
         "inplace-closure"
     }
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let (a, b) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("in-place update needs a contiguous tensor".into()))?;
+        let (a, b) =
+            layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("in-place update needs a contiguous tensor".into()))?;
         let data = match storage {
             CpuStorage::F32(v) => &mut v[a..b],
             _ => candle_core::bail!("in-place update needs an f32 tensor"),

@@ -144,12 +144,36 @@ impl Attention {
                     let (rows, nc) = (r1 - r0, d.cols(r1));
                     unsafe {
                         // S = scale · Q_blk K[..nc]ᵀ
-                        matmul(rows, nc, d.dh, p.as_mut_ptr(), d.s, false, qp.ptr().add(qo + r0 * qs), (qs, 1), kp.ptr().add(kvo), (1, ks), self.scale);
+                        matmul(
+                            rows,
+                            nc,
+                            d.dh,
+                            p.as_mut_ptr(),
+                            d.s,
+                            false,
+                            qp.ptr().add(qo + r0 * qs),
+                            (qs, 1),
+                            kp.ptr().add(kvo),
+                            (1, ks),
+                            self.scale,
+                        );
                     }
                     softmax_block(p, d.s, rows, d.s - d.t + r0 + 1, nc, &mut lse[r0..r1]);
                     unsafe {
                         // O_blk = P V[..nc]
-                        matmul(rows, d.dh, nc, op.ptr().add(qo + r0 * qs), qs, false, p.as_ptr(), (d.s, 1), vp.ptr().add(kvo), (ks, 1), 1.0);
+                        matmul(
+                            rows,
+                            d.dh,
+                            nc,
+                            op.ptr().add(qo + r0 * qs),
+                            qs,
+                            false,
+                            p.as_ptr(),
+                            (d.s, 1),
+                            vp.ptr().add(kvo),
+                            (ks, 1),
+                            1.0,
+                        );
                     }
                     r0 = r1;
                 }
@@ -169,8 +193,7 @@ impl Attention {
         let mut dkh = vec![0f32; d.b * d.s * d.hq * d.dh];
         let mut dvh = vec![0f32; d.b * d.s * d.hq * d.dh];
         let (dqp, dkp, dvp) = (SendPtr(dq.as_mut_ptr()), SendPtr(dkh.as_mut_ptr()), SendPtr(dvh.as_mut_ptr()));
-        let (qp, kp, vp, gp) =
-            (SendConstPtr(q.as_ptr()), SendConstPtr(k.as_ptr()), SendConstPtr(v.as_ptr()), SendConstPtr(g.as_ptr()));
+        let (qp, kp, vp, gp) = (SendConstPtr(q.as_ptr()), SendConstPtr(k.as_ptr()), SendConstPtr(v.as_ptr()), SendConstPtr(g.as_ptr()));
         let blk = BLOCK.min(d.t).max(1);
         (0..d.b * d.hq).into_par_iter().for_each_init(
             || (vec![0f32; blk * d.s], vec![0f32; blk * d.s], vec![0f32; blk]),
@@ -188,7 +211,19 @@ impl Attention {
                     let (q_blk, g_blk) = (qo + r0 * qs, qo + r0 * qs);
                     unsafe {
                         // P = e^(scale · Q Kᵀ − lse)
-                        matmul(rows, nc, d.dh, p.as_mut_ptr(), d.s, false, qp.ptr().add(q_blk), (qs, 1), kp.ptr().add(kvo), (1, ks), self.scale);
+                        matmul(
+                            rows,
+                            nc,
+                            d.dh,
+                            p.as_mut_ptr(),
+                            d.s,
+                            false,
+                            qp.ptr().add(q_blk),
+                            (qs, 1),
+                            kp.ptr().add(kvo),
+                            (1, ks),
+                            self.scale,
+                        );
                     }
                     probs_block(p, d.s, rows, d.s - d.t + r0 + 1, nc, &lse[r0..r1]);
                     // D_i = dO_i · O_i
@@ -205,9 +240,33 @@ impl Attention {
                     ds_block(p, dp, d.s, rows, nc, dd);
                     unsafe {
                         // dQ_blk = scale · dS K[..nc]
-                        matmul(rows, d.dh, nc, dqp.ptr().add(q_blk), qs, false, dp.as_ptr(), (d.s, 1), kp.ptr().add(kvo), (ks, 1), self.scale);
+                        matmul(
+                            rows,
+                            d.dh,
+                            nc,
+                            dqp.ptr().add(q_blk),
+                            qs,
+                            false,
+                            dp.as_ptr(),
+                            (d.s, 1),
+                            kp.ptr().add(kvo),
+                            (ks, 1),
+                            self.scale,
+                        );
                         // dK[..nc] += scale · dSᵀ Q_blk
-                        matmul(nc, d.dh, rows, dkp.ptr().add(ho), qs, true, dp.as_ptr(), (1, d.s), qp.ptr().add(q_blk), (qs, 1), self.scale);
+                        matmul(
+                            nc,
+                            d.dh,
+                            rows,
+                            dkp.ptr().add(ho),
+                            qs,
+                            true,
+                            dp.as_ptr(),
+                            (1, d.s),
+                            qp.ptr().add(q_blk),
+                            (qs, 1),
+                            self.scale,
+                        );
                     }
                     r0 = r1;
                 }
@@ -360,26 +419,14 @@ mod tests {
     fn attention_finite_differences_gqa() {
         let [q, k, v] = qkv(2, 3, 3, 4, 2, 4, 70);
         let scale = 0.5;
-        assert_grads(
-            "causal_attention (GQA)",
-            |a| causal_attention(&a[0], &a[1], &a[2], scale),
-            &[q, k, v],
-            &[0, 1, 2],
-            &strict(),
-        );
+        assert_grads("causal_attention (GQA)", |a| causal_attention(&a[0], &a[1], &a[2], scale), &[q, k, v], &[0, 1, 2], &strict());
     }
 
     #[test]
     fn attention_finite_differences_cache() {
         // S > T: queries at positions 2..5 of 5.
         let [q, k, v] = qkv(1, 3, 5, 2, 1, 4, 71);
-        assert_grads(
-            "causal_attention (S > T)",
-            |a| causal_attention(&a[0], &a[1], &a[2], 0.5),
-            &[q, k, v],
-            &[0, 1, 2],
-            &strict(),
-        );
+        assert_grads("causal_attention (S > T)", |a| causal_attention(&a[0], &a[1], &a[2], 0.5), &[q, k, v], &[0, 1, 2], &strict());
     }
 
     fn compare(b: usize, t: usize, s: usize, hq: usize, hkv: usize, dh: usize, seed: u64) {
@@ -454,25 +501,38 @@ mod tests {
         let (y, g) = padded_run(&|q, k, v| causal_attention_left_padded(q, k, v, scale, pads), &x, &gy);
         let what = format!("t{t} s{s} pads {pads:?}");
         for (name, f) in [
-            ("reference", &(|q: &Tensor, k: &Tensor, v: &Tensor| reference::causal_attention_left_padded(q, k, v, scale, pads)) as &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>),
+            (
+                "reference",
+                &(|q: &Tensor, k: &Tensor, v: &Tensor| reference::causal_attention_left_padded(q, k, v, scale, pads))
+                    as &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+            ),
             ("composed", &|q: &Tensor, k: &Tensor, v: &Tensor| causal_attention_composed(q, k, v, scale, pads)),
         ] {
             let (ry, rg) = padded_run(f, &x, &gy);
-            assert_close(&y.broadcast_mul(&real).unwrap(), &ry.broadcast_mul(&real).unwrap(), 1e-4, &format!("padded forward vs {name} {what}"));
+            assert_close(
+                &y.broadcast_mul(&real).unwrap(),
+                &ry.broadcast_mul(&real).unwrap(),
+                1e-4,
+                &format!("padded forward vs {name} {what}"),
+            );
             for (gn, (a, r)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&rg)) {
                 assert_close(a, r, 1e-4, &format!("padded {gn} vs {name} {what}"));
             }
         }
         for (r, &p) in pads.iter().enumerate() {
             let q0 = p.saturating_sub(s - t);
-            let alone = |x: &Tensor, from: usize| x.narrow(0, r, 1).unwrap().narrow(1, from, x.dim(1).unwrap() - from).unwrap().contiguous().unwrap();
+            let alone = |x: &Tensor, from: usize| {
+                x.narrow(0, r, 1).unwrap().narrow(1, from, x.dim(1).unwrap() - from).unwrap().contiguous().unwrap()
+            };
             let xa = [alone(&x[0], q0), alone(&x[1], p), alone(&x[2], p)];
             let (ya, ga) = padded_run(&|q, k, v| causal_attention(q, k, v, scale), &xa, &alone(&gy, q0));
             assert_close(&alone(&y, q0), &ya, 1e-5, &format!("row {r} alone {what}"));
             for (gn, (a, ga), from) in [("dq", (&g[0], &ga[0]), q0), ("dk", (&g[1], &ga[1]), p), ("dv", (&g[2], &ga[2]), p)] {
                 assert_close(&alone(a, from), ga, 1e-5, &format!("row {r} alone {gn} {what}"));
             }
-            let head = |x: &Tensor, n: usize| x.narrow(0, r, 1).unwrap().narrow(1, 0, n).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let head = |x: &Tensor, n: usize| {
+                x.narrow(0, r, 1).unwrap().narrow(1, 0, n).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+            };
             assert_eq!(head(&y, q0), 0.0, "padding rows' output, row {r} {what}");
             assert_eq!(head(&g[0], q0) + head(&g[1], p) + head(&g[2], p), 0.0, "padding gradients, row {r} {what}");
         }

@@ -69,7 +69,13 @@ impl CustomOp2 for CrossEntropy {
     /// On a GPU: the per-row NLL by a kernel, their mean in f64 by another; the targets are read
     /// back (N u32) to check them and count the real ones.
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (x, t) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_u32(s2, l2)?);
         let (n, v) = (l1.dims()[0], l1.dims()[1]);
         let dev = &s1.device;
@@ -99,18 +105,16 @@ impl CustomOp2 for CrossEntropy {
         if count > 0 {
             let scale = g / count as f32;
             let rpt = rows_per_task(v, TASK_ELEMS);
-            dx.par_chunks_mut(rpt * v)
-                .zip(x.par_chunks(rpt * v))
-                .zip(t.par_chunks(rpt))
-                .zip(lse.par_chunks(rpt))
-                .for_each(|(((dx, x), t), lse)| {
+            dx.par_chunks_mut(rpt * v).zip(x.par_chunks(rpt * v)).zip(t.par_chunks(rpt)).zip(lse.par_chunks(rpt)).for_each(
+                |(((dx, x), t), lse)| {
                     for (((d, row), &tr), &l) in dx.chunks_exact_mut(v).zip(x.chunks_exact(v)).zip(t).zip(lse) {
                         if tr != IGNORE_INDEX {
                             kernels::exp_sub_scale(row, l, scale, d);
                             d[tr as usize] -= scale;
                         }
                     }
-                });
+                },
+            );
         }
         drop((xs, ts));
         Ok((Some(Tensor::from_vec(dx, logits.shape().clone(), logits.device())?), None))
@@ -163,7 +167,13 @@ impl CustomOp2 for TokenLogprobs {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (x, t) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_u32(s2, l2)?);
         let (n, v) = (l1.dims()[0], l1.dims()[1]);
         check_targets(&s1.device.clone_dtoh(&t)?, v)?;

@@ -19,6 +19,7 @@
 //! equal the gathered rows, are never read), so no (U, D) copy of the rows is made.
 
 use super::kernels::{self, contiguous_grad, expect_f32, rows_per_task, storage_f32};
+use super::slots::reverse_index;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -102,25 +103,6 @@ fn bag_grad_rows(w: &[f32], inv: &[u32], n_rows: usize, dy: &[f32], m: usize, d:
     dg
 }
 
-/// Reverse index of `inv` over `n_rows` rows, by a stable counting sort: the entries of row u are
-/// order[start[u]..start[u + 1]], in (t, m) order.
-pub(crate) fn reverse_index(inv: &[u32], n_rows: usize) -> (Vec<u32>, Vec<u32>) {
-    let mut start = vec![0u32; n_rows + 1];
-    for &u in inv {
-        start[u as usize + 1] += 1;
-    }
-    for u in 0..n_rows {
-        start[u + 1] += start[u];
-    }
-    let mut fill = start.clone();
-    let mut order = vec![0u32; inv.len()];
-    for (e, &u) in inv.iter().enumerate() {
-        order[fill[u as usize] as usize] = e as u32;
-        fill[u as usize] += 1;
-    }
-    (start, order)
-}
-
 impl EmbeddingBag {
     /// The indices the forward and dw use (into the table or into the second input).
     fn read_idx(&self) -> &[u32] {
@@ -150,11 +132,19 @@ impl CustomOp2 for EmbeddingBag {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         let d = l2.dims()[1];
         let w = super::cuda::input_f32(s1, l1)?;
         let y = match &self.source {
-            Source::Rows => super::cuda::memory::ebag_forward(&s1.device, &w, &super::cuda::input_f32(s2, l2)?, &self.inv, self.n_tok, self.m, d)?,
+            Source::Rows => {
+                super::cuda::memory::ebag_forward(&s1.device, &w, &super::cuda::input_f32(s2, l2)?, &self.inv, self.n_tok, self.m, d)?
+            }
             Source::Table { table, slots } => {
                 let (ts, tl) = table.storage_and_layout();
                 super::cuda::memory::ebag_forward(&s1.device, &w, &super::cuda::view_f32(&ts, tl)?, slots, self.n_tok, self.m, d)?
@@ -253,10 +243,11 @@ mod tests {
         let table = Var::from_tensor(&randn((40, 6), 70).unwrap()).unwrap();
         let w = Var::from_tensor(&randn((9, 2, 3), 71).unwrap()).unwrap();
         let slots: Vec<u32> = (0..54u64).map(|i| ((i * i * 7 + 3) % 40) as u32).collect();
-        let (rows, inv) = crate::model::memory::unique_inverse(&slots);
+        let (rows, inv) = crate::ops::slots::unique_inverse(&slots);
         assert!(rows.len() < slots.len() && rows.len() > 5, "want repeats and several rows: {}", rows.len());
         let inv = Arc::new(inv);
-        let gathered = Var::from_tensor(&table.as_tensor().index_select(&Tensor::new(rows.as_slice(), &Device::Cpu).unwrap(), 0).unwrap()).unwrap();
+        let gathered =
+            Var::from_tensor(&table.as_tensor().index_select(&Tensor::new(rows.as_slice(), &Device::Cpu).unwrap(), 0).unwrap()).unwrap();
         let leaf = Var::zeros((rows.len(), 6), candle_core::DType::F32, &Device::Cpu).unwrap();
         let r = randn((9, 6), 72).unwrap();
         let run = |y: Tensor, rows_var: &Var| {
@@ -266,7 +257,10 @@ mod tests {
             (bits(&y), bits(g.get(w.as_tensor()).unwrap()), bits(g.get(rows_var.as_tensor()).unwrap()))
         };
         let a = run(embedding_bag(w.as_tensor(), gathered.as_tensor(), inv.clone()).unwrap(), &gathered);
-        let b = run(embedding_bag_from_table(w.as_tensor(), leaf.as_tensor(), inv.clone(), table.as_tensor(), Arc::new(slots.clone())).unwrap(), &leaf);
+        let b = run(
+            embedding_bag_from_table(w.as_tensor(), leaf.as_tensor(), inv.clone(), table.as_tensor(), Arc::new(slots.clone())).unwrap(),
+            &leaf,
+        );
         assert_eq!(a.0, b.0, "forward differs");
         assert_eq!(a.1, b.1, "dw differs");
         assert_eq!(a.2, b.2, "row gradients differ");

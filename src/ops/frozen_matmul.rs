@@ -99,7 +99,13 @@ mod tests {
     fn frozen_weight_matmul_finite_differences() {
         let w = randn((5, 7), 71).unwrap();
         let x = randn((4, 7), 70).unwrap();
-        assert_grads("frozen-weight matmul", |a| frozen_weight_matmul(&a[0], &w), &[x], &[0], &GradCheckOpts { tol: 2e-3, ..Default::default() });
+        assert_grads(
+            "frozen-weight matmul",
+            |a| frozen_weight_matmul(&a[0], &w),
+            &[x],
+            &[0],
+            &GradCheckOpts { tol: 2e-3, ..Default::default() },
+        );
     }
 
     #[test]
@@ -109,7 +115,11 @@ mod tests {
         let gy = randn((37, 29), 74).unwrap();
         let run = |y: Tensor| {
             let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-            (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+            (
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                g,
+            )
         };
         let (y, dx, grads) = run(frozen_weight_matmul(x.as_tensor(), &w).unwrap());
         let (ry, rdx, _) = run(x.as_tensor().matmul(&w.t().unwrap()).unwrap());

@@ -239,13 +239,7 @@ mod tests {
     fn passes_on_candle_primitives() {
         let x = randn((3, 4), 1).unwrap();
         let y = randn((4, 2), 2).unwrap();
-        let r = assert_grads(
-            "tanh(x) @ y",
-            |a| a[0].tanh()?.matmul(&a[1]),
-            &[x, y],
-            &[0, 1],
-            &GradCheckOpts::default(),
-        );
+        let r = assert_grads("tanh(x) @ y", |a| a[0].tanh()?.matmul(&a[1]), &[x, y], &[0, 1], &GradCheckOpts::default());
         assert!(r.max_rel_err < 1e-3, "{r:?}");
     }
 

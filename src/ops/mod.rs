@@ -1,7 +1,7 @@
 //! Differentiable ops with hand-written backward passes.
 //!
 //! candle's fused `rms_norm`, `softmax_last_dim` and `rope*` have no backward, and its generic
-//! autodiff is slow on CPU (see DESIGN.md §1). Each file here implements one coarse op as a
+//! autodiff is slow on CPU (see docs/design.md, "The memory layer"). Each file here implements one coarse op as a
 //! `CustomOp` with an analytic `bwd`, works on contiguous f32 buffers in parallel with rayon,
 //! and carries its finite-difference test. `reference` holds slow compositions of candle
 //! primitives that backprop correctly; they are the tests' oracle, and the path tensors on a GPU
@@ -20,6 +20,7 @@ pub mod product_keys;
 pub mod reference;
 pub mod rmsnorm;
 pub mod rope;
+pub mod slots;
 pub mod softmax;
 pub mod swiglu;
 #[cfg(test)]
@@ -29,9 +30,10 @@ pub use attention::{causal_attention, causal_attention_left_padded};
 pub use cross_entropy::{cross_entropy, token_logprobs};
 pub use embedding_bag::{embedding_bag, embedding_bag_from_table};
 pub use frozen_matmul::frozen_weight_matmul;
-pub use product_keys::{product_key_topk, SlotHandle};
+pub use product_keys::product_key_topk;
 pub use rmsnorm::rms_norm;
 pub use rope::{rope, RopeTables};
+pub use slots::SlotHandle;
 pub use softmax::softmax_rows;
 pub use swiglu::swiglu;
 

@@ -27,9 +27,10 @@
 //! (same order and tie-breaking), the chosen scores recomputed with differentiable candle ops.
 
 use super::kernels::{self, contiguous_grad, expect_f32, matmul, storage_f32};
+use super::slots::SlotHandle;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// Tokens per forward task (one task per token block and head): large enough for the GEMMs to
 /// run near full speed, which small row counts do not (K/2 is short).
@@ -46,25 +47,6 @@ impl OutPtrs {
     }
     fn slots(self) -> *mut u32 {
         self.1
-    }
-}
-
-/// The slot indices (N, H, knn) chosen by one `product_key_topk` call, set by its forward.
-#[derive(Clone, Debug, Default)]
-pub struct SlotHandle(Arc<OnceLock<Arc<Vec<u32>>>>);
-
-impl SlotHandle {
-    /// The selected slots, token-major (N, H, knn); `None` before the forward ran.
-    pub fn get(&self) -> Option<Arc<Vec<u32>>> {
-        self.0.get().cloned()
-    }
-
-    /// Record the slots (once; the CUDA path sets them after its selection kernel).
-    pub(crate) fn set(&self, slots: Arc<Vec<u32>>) -> Result<()> {
-        if self.0.set(slots).is_err() {
-            candle_core::bail!("product_key_topk: an op instance runs its forward once");
-        }
-        Ok(())
     }
 }
 
@@ -322,8 +304,7 @@ mod tests {
                     kp.matmul(&qp.unsqueeze(1).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
                 };
                 let (s1, s2) = (sub(0), sub(1));
-                let mut all: Vec<(f32, u32)> =
-                    (0..n * n).map(|x| (s1[x / n] + s2[x % n], x as u32)).collect();
+                let mut all: Vec<(f32, u32)> = (0..n * n).map(|x| (s1[x / n] + s2[x % n], x as u32)).collect();
                 all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 for &(s, i) in &all[..knn] {
                     scores.push(s);

@@ -79,7 +79,13 @@ impl CustomOp2 for RmsNorm {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (x, w) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_f32(s2, l2)?);
         let d = l2.shape().elem_count();
         let y = super::cuda::dense::rms_norm_fwd(&s1.device, &x, &w, l1.shape().elem_count() / d.max(1), d, self.eps)?;

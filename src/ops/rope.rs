@@ -39,11 +39,7 @@ impl RopeTables {
                 sin.push(a.sin() as f32);
             }
         }
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (max_pos, half), device)?,
-            sin: Tensor::from_vec(sin, (max_pos, half), device)?,
-            head_dim,
-        })
+        Ok(Self { cos: Tensor::from_vec(cos, (max_pos, half), device)?, sin: Tensor::from_vec(sin, (max_pos, half), device)?, head_dim })
     }
 }
 
@@ -84,9 +80,10 @@ impl Rope {
         let row = self.h * self.dh;
         let mut y = vec![0f32; x.len()];
         let rpt = rows_per_task(row, 16 * 1024);
-        y.par_chunks_mut(rpt * row).zip(x.par_chunks(rpt * row)).enumerate().for_each(|(i, (y, x))| {
-            rotate_rows(x, y, &self.cos, &self.sin, i * rpt, self.t, self.h, self.dh, sign)
-        });
+        y.par_chunks_mut(rpt * row)
+            .zip(x.par_chunks(rpt * row))
+            .enumerate()
+            .for_each(|(i, (y, x))| rotate_rows(x, y, &self.cos, &self.sin, i * rpt, self.t, self.h, self.dh, sign));
         y
     }
 }

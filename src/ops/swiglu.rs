@@ -47,7 +47,13 @@ impl CustomOp2 for SwiGlu {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (g, u) = (super::cuda::input_f32(s1, l1)?, super::cuda::input_f32(s2, l2)?);
         let y = super::cuda::dense::swiglu_fwd(&s1.device, &g, &u, l1.shape().elem_count())?;
         Ok((candle_core::CudaStorage::wrap_cuda_slice(y, s1.device.clone()), l1.shape().clone()))
@@ -73,10 +79,7 @@ impl CustomOp2 for SwiGlu {
             .zip(d.par_chunks(CHUNK))
             .for_each(|((((dg, du), g), u), d)| bwd_chunk(g, u, d, dg, du));
         drop((gs, us, ds));
-        Ok((
-            Some(Tensor::from_vec(dg, gate.shape().clone(), gate.device())?),
-            Some(Tensor::from_vec(du, up.shape().clone(), up.device())?),
-        ))
+        Ok((Some(Tensor::from_vec(dg, gate.shape().clone(), gate.device())?), Some(Tensor::from_vec(du, up.shape().clone(), up.device())?)))
     }
 }
 

@@ -51,7 +51,16 @@ impl Retention {
 /// Learn `seqs[j]` (passage j's training sequences) for j in order with method `s.ft.method`,
 /// merging each update; `on_update(j)` after each.
 #[allow(clippy::too_many_arguments)]
-pub fn continual(st: &Student, s: &InnerSettings, qa: &QaFormat, metric: AnswerMetric, passages: &[Passage], seqs: &[Vec<String>], seed: u64, mut on_update: impl FnMut(usize)) -> Result<Retention> {
+pub fn continual(
+    st: &Student,
+    s: &InnerSettings,
+    qa: &QaFormat,
+    metric: AnswerMetric,
+    passages: &[Passage],
+    seqs: &[Vec<String>],
+    seed: u64,
+    mut on_update: impl FnMut(usize),
+) -> Result<Retention> {
     ensure!(passages.len() == seqs.len() && !passages.is_empty(), "continual SEAL needs one set of training sequences per passage");
     let t0 = std::time::Instant::now();
     let n = passages.len();
@@ -100,9 +109,9 @@ pub fn render_markdown(rs: &[Retention]) -> String {
 
 /// `retention.png`: one heatmap per method.
 pub fn plot(stem: &std::path::Path, rs: &[Retention]) -> Result<()> {
-    let panels: Vec<crate::bench::plot::Heatmap> = rs
+    let panels: Vec<crate::plot::Heatmap> = rs
         .iter()
-        .map(|r| crate::bench::plot::Heatmap {
+        .map(|r| crate::plot::Heatmap {
             title: format!("{} inner loop", r.method.name()),
             x_label: "after update j".into(),
             y_label: "passage i".into(),
@@ -110,5 +119,5 @@ pub fn plot(stem: &std::path::Path, rs: &[Retention]) -> Result<()> {
             values: r.acc.clone(),
         })
         .collect();
-    crate::bench::plot::heatmaps_png(stem, &panels)
+    crate::plot::heatmaps_png(stem, &panels)
 }

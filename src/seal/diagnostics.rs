@@ -43,5 +43,11 @@ pub fn edit_diagnostics(condition: &str, per_passage: &[(&Passage, &[SelfEdit])]
     let hits: Vec<f64> = per_passage.iter().flat_map(|(p, e)| answer_hits(p, e)).collect();
     let lens: Vec<f64> = per_passage.iter().flat_map(|(_, e)| e.iter().map(|x| x.n_tokens as f64)).collect();
     let (len, len_se) = mean_stderr(&lens);
-    EditDiagnostics { condition: condition.into(), n_self_edits: lens.len(), gold_answer_in_self_edit: mean_stderr(&hits).0, mean_self_edit_tokens: len, self_edit_tokens_stderr: len_se }
+    EditDiagnostics {
+        condition: condition.into(),
+        n_self_edits: lens.len(),
+        gold_answer_in_self_edit: mean_stderr(&hits).0,
+        mean_self_edit_tokens: len,
+        self_edit_tokens_stderr: len_se,
+    }
 }

@@ -203,9 +203,28 @@ pub fn candidate_seed(seed: u64, passage: &str, candidate: usize, repeat: usize)
     stable_hash(&[&seed.to_le_bytes(), passage.as_bytes(), &(candidate as u64).to_le_bytes(), &(repeat as u64).to_le_bytes()])
 }
 
-/// Reward of training on `seqs`: `repeats` updates of fresh copies, each scored closed-book
+/// Which fresh copies a reward averages over: `n` updates, repeat r seeded by
+/// `candidate_seed(seed, passage, candidate, r)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Repeats {
+    pub n: usize,
+    pub seed: u64,
+    /// 0 for the passage itself, i + 1 for self-edit i.
+    pub candidate: usize,
+}
+
+/// Reward of training on `seqs`: `repeats.n` updates of fresh copies, each scored closed-book
 /// against `before` (the student's own scores on `p`).
-pub fn reward(st: &Student, s: &InnerSettings, qa: &QaFormat, p: &Passage, seqs: &[String], before: &QaScores, repeats: usize, seed: u64, candidate: usize) -> Result<Reward> {
+pub fn reward(
+    st: &Student,
+    s: &InnerSettings,
+    qa: &QaFormat,
+    p: &Passage,
+    seqs: &[String],
+    before: &QaScores,
+    repeats: Repeats,
+) -> Result<Reward> {
+    let Repeats { n: repeats, seed, candidate } = repeats;
     ensure!(repeats > 0, "seal.repeats must be > 0");
     let n = p.questions.len();
     let runs = (0..repeats)

@@ -1,4 +1,4 @@
-//! SEAL (DESIGN.md §3): self-edit generation, inner-loop updates with any finetuning method,
+//! SEAL (docs/design.md, "SEAL"): self-edit generation, inner-loop updates with any finetuning method,
 //! rewards, ReST-EM, diagnostics, and continual SEAL with a retention matrix.
 
 pub mod continual;

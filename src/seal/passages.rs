@@ -30,7 +30,10 @@ impl Passage {
                 id: p.name.clone(),
                 title: p.name.clone(),
                 context: world.passage(p),
-                questions: person_qa_pairs(p).into_iter().map(|(_, _, q)| QaItem { question: q.question, answers: vec![q.answer] }).collect(),
+                questions: person_qa_pairs(p)
+                    .into_iter()
+                    .map(|(_, _, q)| QaItem { question: q.question, answers: vec![q.answer] })
+                    .collect(),
             })
             .collect()
     }

@@ -1,4 +1,4 @@
-//! ReST-EM (DESIGN.md §3): per passage keep the best self-edits by reward, then
+//! ReST-EM (docs/design.md, "SEAL"): per passage keep the best self-edits by reward, then
 //! supervised-finetune the generator on prompt → kept self-edit with the loss on the completion
 //! only (prompt positions get the cross-entropy ignore index), LoRA (merged after) or full.
 
@@ -68,9 +68,25 @@ pub fn sft_batches(pairs: &[(Vec<u32>, Vec<u32>)], pad: u32, batch_size: usize, 
     Ok(out)
 }
 
+/// How one round's SFT of the generator runs: `method` (lora or full) at `lr`, seeded by `seed`.
+#[derive(Clone, Copy, Debug)]
+pub struct SftStep {
+    pub method: MethodKind,
+    pub lr: f64,
+    pub seed: u64,
+}
+
 /// The generator's weights after SFT on `batches` with `method` (lora: merged) at `lr`; the
 /// other settings of `[finetune.<method>]` apply. `store` itself is not changed.
-pub fn sft_generator(cfg: &LlamaConfig, store: &ParamStore, model: &Llama, ft: &FinetuneConfig, method: MethodKind, lr: f64, batches: Vec<Batch>, seed: u64) -> Result<(ParamStore, f32, f32)> {
+pub fn sft_generator(
+    cfg: &LlamaConfig,
+    store: &ParamStore,
+    model: &Llama,
+    ft: &FinetuneConfig,
+    sft: SftStep,
+    batches: Vec<Batch>,
+) -> Result<(ParamStore, f32, f32)> {
+    let SftStep { method, lr, seed } = sft;
     ensure!(method != MethodKind::SparseMemory, "seal.sft_method must be lora or full");
     let mut ft = ft.clone();
     ft.method = method;

@@ -1,4 +1,4 @@
-//! `memtune seal`: the whole experiment (DESIGN.md §3, issue 6).
+//! `memtune seal`: the whole experiment (docs/design.md, "SEAL", issue 6).
 //!
 //! 1. The student (the model self-edits update): `seal.model`, or the experiment's own model
 //!    pretrained on the synthetic world (reused by config hash, as `bench forgetting` does). The
@@ -11,24 +11,26 @@
 //!    candidates and repeats.
 //! 4. Continual SEAL on the first `continual_passages` eval passages (passage + the first base
 //!    self-edit, in sequence, merged), per `continual_methods`.
+//!
 //! Writes `self_edits.jsonl`, `summary.jsonl`, `diagnostics.json`, `results.md`, `config.toml`
 //! and, with continual SEAL, `retention.json` and `retention.png` into `seal.out`.
 
 use super::continual::{continual, Retention};
 use super::diagnostics::{edit_diagnostics, open_book, EditDiagnostics};
-use super::inner::{closed_book, model_over, reward, InnerSettings, QaScores, Student};
+use super::inner::{closed_book, model_over, reward, InnerSettings, QaScores, Repeats, Student};
 use super::passages::{split_passages, Passage};
-use super::rest_em::{select, sft_batches, sft_generator, sft_pair};
+use super::rest_em::{select, sft_batches, sft_generator, sft_pair, SftStep};
 use super::self_edit::{sample_self_edits, training_sequences, SampleOptions, SelfEdit};
 use super::templates::{ChatFormat, QaFormat, Template};
-use crate::bench::finetune::{load_base, Base};
 use crate::config::{AnswerMetric, ContinualEdits, ExperimentConfig, SealConfig};
 use crate::data::synthetic::Split;
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::metrics::mean_stderr;
 use crate::model::{Llama, LlamaConfig, ParamStore};
+use crate::train::base_model::{load_base, pretrained_base, Base};
 use crate::util::stable_hash;
 use anyhow::{Context, Result};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -168,7 +170,13 @@ impl Generator {
     }
 
     fn sample_untimed(&self, t: &Template, p: &Passage, s: &SealConfig, purpose: &str) -> Result<Vec<SelfEdit>> {
-        let o = SampleOptions { k: s.k, temperature: s.temperature, top_p: s.top_p, max_new_tokens: s.max_new_tokens, seed: stable_hash(&[&s.seed.to_le_bytes(), p.id.as_bytes(), purpose.as_bytes()]) };
+        let o = SampleOptions {
+            k: s.k,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            max_new_tokens: s.max_new_tokens,
+            seed: stable_hash(&[&s.seed.to_le_bytes(), p.id.as_bytes(), purpose.as_bytes()]),
+        };
         sample_self_edits(&self.model, &self.tok, &self.prompt(t, p), &o)
     }
 }
@@ -179,13 +187,26 @@ fn summary_line(condition: &str, method: &str, seed: u64, per_passage: &[QaScore
     let (em, em_stderr) = mean_stderr(&all.em);
     let (f1, f1_stderr) = mean_stderr(&all.f1);
     let (contains, contains_stderr) = mean_stderr(&all.contains);
-    SummaryLine { condition: condition.into(), inner_method: method.into(), seed, n_passages: per_passage.len(), n_questions: all.em.len(), em, em_stderr, f1, f1_stderr, contains, contains_stderr }
+    SummaryLine {
+        condition: condition.into(),
+        inner_method: method.into(),
+        seed,
+        n_passages: per_passage.len(),
+        n_questions: all.em.len(),
+        em,
+        em_stderr,
+        f1,
+        f1_stderr,
+        contains,
+        contains_stderr,
+    }
 }
 
 /// A perfect self-edit: every question of the passage with its first answer, in the closed-book
 /// prompt form followed by the answer, then the passage.
 pub fn oracle_sequences(p: &Passage, qa: &QaFormat) -> Vec<String> {
-    let mut seqs: Vec<String> = p.questions.iter().map(|q| format!("{} {}", super::templates::fill(&qa.closed_book, p, &q.question), q.answers[0])).collect();
+    let mut seqs: Vec<String> =
+        p.questions.iter().map(|q| format!("{} {}", super::templates::fill(&qa.closed_book, p, &q.question), q.answers[0])).collect();
     seqs.push(p.context.clone());
     seqs
 }
@@ -215,12 +236,26 @@ impl Writer {
 
 /// Rewards of the self-edits of one passage with one inner method; written to `edits_out`.
 #[allow(clippy::too_many_arguments)]
-fn score_edits(st: &Student, s: &InnerSettings, qa: &QaFormat, t: &Template, p: &Passage, edits: &[SelfEdit], before: &QaScores, seal: &SealConfig, condition: &str, edits_out: &mut Writer, timings: &Timings) -> Result<(Vec<super::inner::Reward>, Vec<SelfEditRecord>)> {
+fn score_edits(
+    st: &Student,
+    s: &InnerSettings,
+    qa: &QaFormat,
+    t: &Template,
+    p: &Passage,
+    edits: &[SelfEdit],
+    before: &QaScores,
+    seal: &SealConfig,
+    condition: &str,
+    edits_out: &mut Writer,
+    timings: &Timings,
+) -> Result<(Vec<super::inner::Reward>, Vec<SelfEditRecord>)> {
     let mut rewards = vec![];
     let mut records = vec![];
     for (i, e) in edits.iter().enumerate() {
         let seqs = training_sequences(&e.text, t.split, &p.context);
-        let r = Timings::time(&timings.inner, seal.repeats, || reward(st, s, qa, p, &seqs, before, seal.repeats, seal.seed, i + 1))?;
+        let r = Timings::time(&timings.inner, seal.repeats, || {
+            reward(st, s, qa, p, &seqs, before, Repeats { n: seal.repeats, seed: seal.seed, candidate: i + 1 })
+        })?;
         records.push(SelfEditRecord {
             condition: condition.into(),
             inner_method: s.ft.method.name().into(),
@@ -252,28 +287,36 @@ fn score_edits(st: &Student, s: &InnerSettings, qa: &QaFormat, t: &Template, p: 
 }
 
 /// Run the experiment of `cfg` (see the module doc).
-pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
+pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<SealOutcome> {
     let t_start = std::time::Instant::now();
     let seal = &cfg.seal;
-    let device = crate::device::open(&cfg.run.device)?;
 
     // Enough synthetic passages? Checked before any pretraining.
     if seal.model.is_empty() && seal.data.is_empty() {
         let (have, need) = (cfg.data.world.n_seal_people, seal.eval_passages + seal.train_passages * seal.rounds);
-        anyhow::ensure!(have >= need, "SEAL needs {need} passages (seal.eval_passages + seal.rounds × seal.train_passages) but data.world.n_seal_people = {have}");
+        anyhow::ensure!(
+            have >= need,
+            "SEAL needs {need} passages (seal.eval_passages + seal.rounds × seal.train_passages) but data.world.n_seal_people = {have}"
+        );
     }
 
     // 1. Student and generator.
-    let base: Base = if seal.model.is_empty() { crate::bench::forgetting::pretrained_base(cfg, &device)? } else { load_base(Path::new(&seal.model), &device)? };
-    let student = Student { cfg: &base.model_cfg, store: &base.store, model: &base.model, tok: &base.tokenizer, background: base.background.as_ref() };
+    let base: Base = if seal.model.is_empty() { pretrained_base(cfg, device)? } else { load_base(Path::new(&seal.model), device)? };
+    let student = Student {
+        cfg: &base.model_cfg,
+        store: &base.store,
+        model: &base.model,
+        tok: &base.tokenizer,
+        background: base.background.as_ref(),
+    };
     let qa = QaFormat::from_config(seal, ChatFormat::resolve(seal.chat, &base.dir)?);
     let mut generator = if seal.teacher.is_empty() {
         // Shares the student's storage: ReST-EM's SFT trains copies (`methods::prepare`).
         let store = base.store.copy_on_write(|_| false)?;
-        let model = model_over(&base.model_cfg, &store, &device)?;
+        let model = model_over(&base.model_cfg, &store, device)?;
         Generator { cfg: base.model_cfg.clone(), store, model, tok: base.tokenizer.clone(), chat: qa.chat.clone() }
     } else {
-        let t = load_base(Path::new(&seal.teacher), &device).with_context(|| format!("seal.teacher = {}", seal.teacher))?;
+        let t = load_base(Path::new(&seal.teacher), device).with_context(|| format!("seal.teacher = {}", seal.teacher))?;
         let chat = ChatFormat::resolve(seal.chat, &t.dir)?;
         Generator { cfg: t.model_cfg, store: t.store, model: t.model, tok: t.tokenizer, chat }
     };
@@ -293,13 +336,29 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     let out = out_dir(cfg);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     crate::io::atomic::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    tracing::info!("SEAL: {} eval passages ({} questions), {} round(s) of {} passages", eval.len(), eval.iter().map(|p| p.questions.len()).sum::<usize>(), seal.rounds, seal.train_passages);
+    tracing::info!(
+        "SEAL: {} eval passages ({} questions), {} round(s) of {} passages",
+        eval.len(),
+        eval.iter().map(|p| p.questions.len()).sum::<usize>(),
+        seal.rounds,
+        seal.train_passages
+    );
 
     let mut summary_out = Writer::create(&out.join("summary.jsonl"))?;
     let mut edits_out = Writer::create(&out.join("self_edits.jsonl"))?;
     let mut summary = vec![];
     let mut push = |l: SummaryLine, w: &mut Writer| -> Result<()> {
-        tracing::info!("{} ({}): EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3} ± {:.3} on {} questions", l.condition, l.inner_method, l.em, l.em_stderr, l.f1, l.contains, l.contains_stderr, l.n_questions);
+        tracing::info!(
+            "{} ({}): EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3} ± {:.3} on {} questions",
+            l.condition,
+            l.inner_method,
+            l.em,
+            l.em_stderr,
+            l.f1,
+            l.contains,
+            l.contains_stderr,
+            l.n_questions
+        );
         w.line(&l)?;
         summary.push(l);
         Ok(())
@@ -310,7 +369,13 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
     push(summary_line("no-update", "none", seal.seed, &before), &mut summary_out)?;
     let ob = open_book(&base.model, &base.tokenizer, &qa, eval)?;
     let (ob_em, ob_se) = mean_stderr(&ob.em);
-    tracing::info!("open-book EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3} (the ceiling of what self-edits carry)", ob_em, ob_se, ob.mean(AnswerMetric::F1), ob.mean(AnswerMetric::Contains));
+    tracing::info!(
+        "open-book EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3} (the ceiling of what self-edits carry)",
+        ob_em,
+        ob_se,
+        ob.mean(AnswerMetric::F1),
+        ob.mean(AnswerMetric::Contains)
+    );
     let mut edit_diags = vec![];
     let timings = Timings::default();
 
@@ -330,9 +395,34 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         let mut se = vec![];
         for (i, p) in eval.iter().enumerate() {
             bar.set_message(format!("{} passage {i}", m.name()));
-            po.push(Timings::time(&timings.inner, seal.repeats, || reward(&student, &s, &qa, p, &[p.context.clone()], &before[i], seal.repeats, seal.seed, 0))?.after);
+            po.push(
+                Timings::time(&timings.inner, seal.repeats, || {
+                    reward(
+                        &student,
+                        &s,
+                        &qa,
+                        p,
+                        std::slice::from_ref(&p.context),
+                        &before[i],
+                        Repeats { n: seal.repeats, seed: seal.seed, candidate: 0 },
+                    )
+                })?
+                .after,
+            );
             bar.inc(1);
-            let (rs, _) = score_edits(&student, &s, &qa, &template, p, &base_edits[i], &before[i], seal, "base-self-edits", &mut edits_out, &timings)?;
+            let (rs, _) = score_edits(
+                &student,
+                &s,
+                &qa,
+                &template,
+                p,
+                &base_edits[i],
+                &before[i],
+                seal,
+                "base-self-edits",
+                &mut edits_out,
+                &timings,
+            )?;
             se.push(QaScores::average(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
             bar.inc(1);
         }
@@ -353,8 +443,32 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         for p in passages {
             let before_p = closed_book(&base.model, &base.tokenizer, &qa, p)?;
             let edits = generator.sample(&template, p, seal, &format!("train round {round}"), &timings)?;
-            let po = Timings::time(&timings.inner, seal.repeats, || reward(&student, &reward_settings, &qa, p, &[p.context.clone()], &before_p, seal.repeats, seal.seed, 0))?.gain.of(seal.metric);
-            let (rs, mut recs) = score_edits(&student, &reward_settings, &qa, &template, p, &edits, &before_p, seal, &train_condition, &mut edits_out, &timings)?;
+            let po = Timings::time(&timings.inner, seal.repeats, || {
+                reward(
+                    &student,
+                    &reward_settings,
+                    &qa,
+                    p,
+                    std::slice::from_ref(&p.context),
+                    &before_p,
+                    Repeats { n: seal.repeats, seed: seal.seed, candidate: 0 },
+                )
+            })?
+            .gain
+            .of(seal.metric);
+            let (rs, mut recs) = score_edits(
+                &student,
+                &reward_settings,
+                &qa,
+                &template,
+                p,
+                &edits,
+                &before_p,
+                seal,
+                &train_condition,
+                &mut edits_out,
+                &timings,
+            )?;
             let gains: Vec<f64> = rs.iter().map(|r| r.gain.of(seal.metric)).collect();
             let kept = select(&gains, po, seal.filter);
             for (i, rec) in recs.iter_mut().enumerate() {
@@ -364,21 +478,49 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
             best_sum += gains.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             po_sum += po;
             for &i in &kept {
-                pairs.push(sft_pair(&generator.tok, &generator.prompt(&template, p), &edits[i].text, generator.end_token(), generator.cfg.max_position_embeddings)?);
+                pairs.push(sft_pair(
+                    &generator.tok,
+                    &generator.prompt(&template, p),
+                    &edits[i].text,
+                    generator.end_token(),
+                    generator.cfg.max_position_embeddings,
+                )?);
             }
             bar.inc(1);
         }
         let (mut first, mut last) = (f32::NAN, f32::NAN);
         if !pairs.is_empty() {
             let batches = sft_batches(&pairs, generator.tok.eos_id(), seal.sft_batch_size, seal.sft_epochs, seal.seed + round as u64)?;
-            let (store, f, l) = sft_generator(&generator.cfg, &generator.store, &generator.model, &cfg.finetune, seal.sft_method, seal.sft_lr, batches, seal.seed + round as u64)?;
-            generator.model = model_over(&generator.cfg, &store, &device)?;
+            let (store, f, l) = sft_generator(
+                &generator.cfg,
+                &generator.store,
+                &generator.model,
+                &cfg.finetune,
+                SftStep { method: seal.sft_method, lr: seal.sft_lr, seed: seal.seed + round as u64 },
+                batches,
+            )?;
+            generator.model = model_over(&generator.cfg, &store, device)?;
             generator.store = store;
             (first, last) = (f, l);
         }
         let n = passages.len().max(1) as f64;
-        let rep = RoundReport { round, passages: passages.len(), kept: pairs.len(), mean_best_reward: best_sum / n, mean_passage_only_reward: po_sum / n, sft_first_loss: first, sft_last_loss: last };
-        tracing::info!("ReST-EM round {round}: kept {} self-edits of {} passages (mean best reward {:.3}, passage-only {:.3}); {}", rep.kept, rep.passages, rep.mean_best_reward, rep.mean_passage_only_reward, sft_losses(first, last));
+        let rep = RoundReport {
+            round,
+            passages: passages.len(),
+            kept: pairs.len(),
+            mean_best_reward: best_sum / n,
+            mean_passage_only_reward: po_sum / n,
+            sft_first_loss: first,
+            sft_last_loss: last,
+        };
+        tracing::info!(
+            "ReST-EM round {round}: kept {} self-edits of {} passages (mean best reward {:.3}, passage-only {:.3}); {}",
+            rep.kept,
+            rep.passages,
+            rep.mean_best_reward,
+            rep.mean_passage_only_reward,
+            sft_losses(first, last)
+        );
         if pairs.is_empty() {
             tracing::warn!("ReST-EM round {round}: the filter `{:?}` kept no self-edit, so the generator is unchanged", seal.filter);
         }
@@ -397,7 +539,8 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
             let s = settings.with_method(m);
             let mut se = vec![];
             for (i, p) in eval.iter().enumerate() {
-                let (rs, _) = score_edits(&student, &s, &qa, &template, p, &edits[i], &before[i], seal, &condition, &mut edits_out, &timings)?;
+                let (rs, _) =
+                    score_edits(&student, &s, &qa, &template, p, &edits[i], &before[i], seal, &condition, &mut edits_out, &timings)?;
                 se.push(QaScores::average(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
                 bar.inc(1);
             }
@@ -412,7 +555,9 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
         let n = seal.continual_passages.min(eval.len());
         let seqs: Vec<Vec<String>> = (0..n)
             .map(|i| match seal.continual_edits {
-                ContinualEdits::Generated => training_sequences(&base_edits[i].first().map(|e| e.text.clone()).unwrap_or_default(), template.split, &eval[i].context),
+                ContinualEdits::Generated => {
+                    training_sequences(&base_edits[i].first().map(|e| e.text.clone()).unwrap_or_default(), template.split, &eval[i].context)
+                }
                 ContinualEdits::Oracle => oracle_sequences(&eval[i], &qa),
             })
             .collect();
@@ -420,7 +565,12 @@ pub fn run(cfg: &ExperimentConfig) -> Result<SealOutcome> {
             let bar = crate::util::progress_bar(&format!("continual {}", m.name()), n);
             let r = continual(&student, &settings.with_method(m), &qa, seal.metric, &eval[..n], &seqs, seal.seed, |_| bar.inc(1))?;
             bar.finish_and_clear();
-            tracing::info!("continual {}: newest passage {:.3}, earlier passages after the last update {:.3}", m.name(), r.newest(), r.earlier_after_last());
+            tracing::info!(
+                "continual {}: newest passage {:.3}, earlier passages after the last update {:.3}",
+                m.name(),
+                r.newest(),
+                r.earlier_after_last()
+            );
             retention.push(r);
         }
         crate::io::atomic::write_atomic(&out.join("retention.json"), serde_json::to_string_pretty(&retention)?.as_bytes())?;
@@ -459,7 +609,10 @@ fn render_markdown(cfg: &ExperimentConfig, summary: &[SummaryLine], d: &Diagnost
         s.train_passages,
         seconds
     );
-    md.push_str(&format!("Rewards, ReST-EM's filter and the retention matrix use {}; \"contains\" = a gold answer occurs as whole words in the answer.\n\n", s.metric.name()));
+    md.push_str(&format!(
+        "Rewards, ReST-EM's filter and the retention matrix use {}; \"contains\" = a gold answer occurs as whole words in the answer.\n\n",
+        s.metric.name()
+    ));
     md.push_str("| condition | inner method | passages | questions | EM | ± stderr | F1 | ± stderr | contains | ± stderr |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for l in summary {
         md.push_str(&format!(
@@ -471,15 +624,29 @@ fn render_markdown(cfg: &ExperimentConfig, summary: &[SummaryLine], d: &Diagnost
         "\n## Diagnostics\n\nOpen-book (the passage in the prompt): EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3}.\n\n",
         d.open_book_em, d.open_book_em_stderr, d.open_book_f1, d.open_book_contains
     ));
-    md.push_str(&format!("One inner update with its QA: {:.2} s; sampling k self-edits for a passage: {:.2} s.\n\n", d.inner_update_seconds, d.sampling_seconds_per_passage));
+    md.push_str(&format!(
+        "One inner update with its QA: {:.2} s; sampling k self-edits for a passage: {:.2} s.\n\n",
+        d.inner_update_seconds, d.sampling_seconds_per_passage
+    ));
     md.push_str("| self-edits | n | gold answer in self-edit | mean length (tokens) |\n|---|---:|---:|---:|\n");
     for e in &d.self_edits {
-        md.push_str(&format!("| {} | {} | {:.3} | {:.1} ± {:.1} |\n", e.condition, e.n_self_edits, e.gold_answer_in_self_edit, e.mean_self_edit_tokens, e.self_edit_tokens_stderr));
+        md.push_str(&format!(
+            "| {} | {} | {:.3} | {:.1} ± {:.1} |\n",
+            e.condition, e.n_self_edits, e.gold_answer_in_self_edit, e.mean_self_edit_tokens, e.self_edit_tokens_stderr
+        ));
     }
     if !d.rounds.is_empty() {
         md.push_str("\n## ReST-EM rounds\n\n| round | passages | kept | mean best reward | mean passage-only reward | generator SFT |\n|---:|---:|---:|---:|---:|---|\n");
         for r in &d.rounds {
-            md.push_str(&format!("| {} | {} | {} | {:.3} | {:.3} | {} |\n", r.round, r.passages, r.kept, r.mean_best_reward, r.mean_passage_only_reward, sft_losses(r.sft_first_loss, r.sft_last_loss)));
+            md.push_str(&format!(
+                "| {} | {} | {} | {:.3} | {:.3} | {} |\n",
+                r.round,
+                r.passages,
+                r.kept,
+                r.mean_best_reward,
+                r.mean_passage_only_reward,
+                sft_losses(r.sft_first_loss, r.sft_last_loss)
+            ));
         }
     }
     if !retention.is_empty() {

@@ -36,7 +36,13 @@ pub fn sample_self_edits(generator: &Llama, tok: &Tokenizer, prompt: &str, o: &S
     }
     let mut stops: Vec<u32> = tok.stop_ids().to_vec();
     stops.push(tok.eos_id());
-    let opts = GenerateOptions { max_new_tokens: o.max_new_tokens, temperature: o.temperature, top_p: o.top_p, seed: o.seed, stop_tokens: stops.clone() };
+    let opts = GenerateOptions {
+        max_new_tokens: o.max_new_tokens,
+        temperature: o.temperature,
+        top_p: o.top_p,
+        seed: o.seed,
+        stop_tokens: stops.clone(),
+    };
     sample_many(generator, &ids, o.k, &opts)?
         .into_iter()
         .map(|out| {

@@ -43,7 +43,10 @@ impl Template {
             "rewrite" => (REWRITE.to_string(), SplitRule::Lines),
             "self-qa" => (SELF_QA.to_string(), SplitRule::QaPairs),
             name => {
-                let t = cfg.templates.get(name).with_context(|| format!("seal.template = `{name}` is not a built-in template nor a key of seal.templates"))?;
+                let t = cfg
+                    .templates
+                    .get(name)
+                    .with_context(|| format!("seal.template = `{name}` is not a built-in template nor a key of seal.templates"))?;
                 (t.clone(), if name.ends_with("qa") { SplitRule::QaPairs } else { SplitRule::Lines })
             }
         };
@@ -67,7 +70,11 @@ pub enum ChatFormat {
     Plain,
     /// A chat template rendered around the user message: `prefix + message + suffix`. `end` is
     /// the token text that closes the assistant's turn (generation stops there).
-    Chat { prefix: String, suffix: String, end: Option<String> },
+    Chat {
+        prefix: String,
+        suffix: String,
+        end: Option<String>,
+    },
 }
 
 /// ChatML, what `seal.chat = "chatml"` forces: a user turn, then an open assistant turn.
@@ -83,8 +90,12 @@ impl ChatFormat {
             ChatMode::Chatml => chatml(),
             ChatMode::Auto => match model_chat_template(model_dir)? {
                 None => ChatFormat::Plain,
-                Some(t) => render_around_marker(&t.template, &t.bos, &t.eos)
-                    .with_context(|| format!("{}: chat_template (set seal.chat = \"none\" or \"chatml\" to bypass it)", model_dir.join("tokenizer_config.json").display()))?,
+                Some(t) => render_around_marker(&t.template, &t.bos, &t.eos).with_context(|| {
+                    format!(
+                        "{}: chat_template (set seal.chat = \"none\" or \"chatml\" to bypass it)",
+                        model_dir.join("tokenizer_config.json").display()
+                    )
+                })?,
             },
         })
     }
@@ -150,7 +161,11 @@ pub fn model_chat_template(dir: &Path) -> Result<Option<ModelChatTemplate>> {
         serde_json::Value::String(s) => s.clone(),
         o => o["content"].as_str().unwrap_or("").to_string(),
     };
-    Ok(v.get("chat_template").and_then(|t| t.as_str()).map(|t| ModelChatTemplate { template: t.to_string(), bos: token("bos_token"), eos: token("eos_token") }))
+    Ok(v.get("chat_template").and_then(|t| t.as_str()).map(|t| ModelChatTemplate {
+        template: t.to_string(),
+        bos: token("bos_token"),
+        eos: token("eos_token"),
+    }))
 }
 
 /// The prompts questions are asked with.
@@ -165,7 +180,12 @@ pub struct QaFormat {
 
 impl QaFormat {
     pub fn from_config(cfg: &SealConfig, chat: ChatFormat) -> Self {
-        Self { closed_book: cfg.qa_template.clone(), open_book: cfg.open_book_template.clone(), chat, answer_prefix: cfg.answer_prefix.clone() }
+        Self {
+            closed_book: cfg.qa_template.clone(),
+            open_book: cfg.open_book_template.clone(),
+            chat,
+            answer_prefix: cfg.answer_prefix.clone(),
+        }
     }
 
     pub fn closed(&self, p: &Passage, question: &str) -> String {

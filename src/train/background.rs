@@ -1,4 +1,4 @@
-//! `memtune background`: build the TF-IDF background index of a checkpoint (DESIGN.md §2) and
+//! `memtune background`: build the TF-IDF background index of a checkpoint (docs/design.md, "Sparse memory finetuning") and
 //! store it there: `memory.background_df` (u32, one entry per slot: the number of background
 //! batches that accessed it) in `model.safetensors`, B in its header metadata
 //! (`background_batches`).
@@ -60,18 +60,26 @@ pub fn checkpoint_config(ck: &LoadedCheckpoint) -> Result<ExperimentConfig> {
 
 /// Build the background index of the checkpoint in `ckpt_dir` (a memtune checkpoint folder, or a
 /// run directory holding one) and write it into that checkpoint. `progress(done, total)`.
-pub fn build_and_store(ckpt_dir: &Path, bg: &BackgroundConfig, device: &Device, mut progress: impl FnMut(usize, usize)) -> Result<BackgroundReport> {
+pub fn build_and_store(
+    ckpt_dir: &Path,
+    bg: &BackgroundConfig,
+    device: &Device,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<BackgroundReport> {
     let dir = crate::model::pretrained::resolve_model_dir(ckpt_dir)?;
     let t0 = std::time::Instant::now();
     let mut ck = Checkpoint::load(&dir, device)?;
     let cfg = checkpoint_config(&ck)?;
     if cfg.model.memory.as_ref().is_none_or(|m| m.layers.is_empty()) {
-        return Err(MemtuneError::BadCheckpoint { path: dir.clone(), msg: "the model has no memory layer, so no background index".into() }.into());
+        return Err(
+            MemtuneError::BadCheckpoint { path: dir.clone(), msg: "the model has no memory layer, so no background index".into() }.into()
+        );
     }
     let world = matches!(cfg.data.source, DataSource::Synthetic).then(|| World::generate(&cfg.data.world));
     let tok = run_tokenizer(&cfg, &dir, world.as_ref())?;
     let store = ParamStore::new();
-    let tensors: HashMap<String, Tensor> = ck.model.iter().filter(|(k, _)| k.as_str() != BACKGROUND_DF_NAME).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let tensors: HashMap<String, Tensor> =
+        ck.model.iter().filter(|(k, _)| k.as_str() != BACKGROUND_DF_NAME).map(|(k, v)| (k.clone(), v.clone())).collect();
     let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, tensors, device))?;
     let mut scfg = cfg.clone();
     scfg.train.batch_size = bg.batch_size;
@@ -84,7 +92,8 @@ pub fn build_and_store(ckpt_dir: &Path, bg: &BackgroundConfig, device: &Device, 
     ck.model.insert(BACKGROUND_DF_NAME.to_string(), index.to_tensor()?);
     ck.meta.model_metadata.insert(BACKGROUND_BATCHES_KEY.to_string(), index.batches.to_string());
     // The tokenizer file, config and the rest are written back as they were.
-    Checkpoint::save(&dir, &ck.model, &ck.optimizer, &ck.meta).with_context(|| format!("cannot write the background index into {}", dir.display()))?;
+    Checkpoint::save(&dir, &ck.model, &ck.optimizer, &ck.meta)
+        .with_context(|| format!("cannot write the background index into {}", dir.display()))?;
     Ok(BackgroundReport {
         checkpoint: dir.display().to_string(),
         batches: index.batches,

@@ -1,5 +1,5 @@
 //! Finetuning methods: small types given to the one training loop (`trainer::Trainer`), never
-//! branches inside it (DESIGN.md §5). Each prepares, over a copy-on-write view of the base
+//! branches inside it (docs/design.md, "Architecture"). Each prepares, over a copy-on-write view of the base
 //! weights (only what it changes is copied), a model built with the right parameters trainable, the dense names its optimiser owns, that optimiser,
 //! and how the memory values are updated:
 //!
@@ -10,14 +10,14 @@
 //! | `full` | every dense weight trainable | AdamW | lazy AdamW (when the model has memory) |
 //!
 //! Facts are learned one after another: each fact's batch is trained on `steps_per_fact` times,
-//! at a constant learning rate, before the next (DESIGN.md §4b); `epochs` and `replay` (a
+//! at a constant learning rate, before the next (docs/design.md, "Measured settings"); `epochs` and `replay` (a
 //! [`Stream`]) revisit the stream.
 
 use super::optim::{default_groups, AdamW, AdamWParams, Optimizer};
 use super::sparse_memory::sparse_memory_update;
-use super::sparse_values::{LazyAdamW, ValueUpdate};
 use super::tfidf::BackgroundIndex;
 use super::trainer::{dense_names, StepStats, Trainer};
+use super::values::{LazyAdamW, ValueUpdate};
 use crate::config::{FinetuneConfig, MethodKind, ScheduleKind, TrainConfig};
 use crate::data::batches::{Batch, BatchList};
 use crate::model::config::ValueOptimizerKind;
@@ -74,7 +74,13 @@ impl Stream {
 
 /// Build `ft.method` over a copy of `base` (the weights of a model of config `cfg`). Sparse memory
 /// finetuning needs a memory layer, and with `ranking = "tfidf"` the background index.
-pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, background: Option<&BackgroundIndex>, device: &Device) -> Result<Prepared> {
+pub fn prepare(
+    ft: &FinetuneConfig,
+    cfg: &LlamaConfig,
+    base: &ParamStore,
+    background: Option<&BackgroundIndex>,
+    device: &Device,
+) -> Result<Prepared> {
     // The method's own copy of what it changes in place; the rest shares the base's storage.
     let store = match ft.method {
         MethodKind::SparseMemory => base.copy_on_write(|n| n == VALUES_NAME)?,
@@ -83,7 +89,14 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
     };
     let hp = AdamWParams { beta1: ft.beta1, beta2: ft.beta2, eps: ft.eps };
     let memory = cfg.memory.as_ref().filter(|m| !m.layers.is_empty());
-    let train = |lr: f64, grad_clip: f64| TrainConfig { lr, grad_clip, schedule: ScheduleKind::Constant, warmup_steps: 0, grad_accum: 1, ..Default::default() };
+    let train = |lr: f64, grad_clip: f64| TrainConfig {
+        lr,
+        grad_clip,
+        schedule: ScheduleKind::Constant,
+        warmup_steps: 0,
+        grad_accum: 1,
+        ..Default::default()
+    };
     Ok(match ft.method {
         MethodKind::SparseMemory => {
             let sm = &ft.sparse_memory;
@@ -93,18 +106,40 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
             let model = Llama::new(cfg, &ParamBuilder::existing(&store, device).with_precision(ft.precision).with_trainable(|_| false))?;
             let values: Box<dyn ValueUpdate> = Box::new(sparse_memory_update(sm, m.n_slots(), m.v_dim, hp, background.cloned(), ft.seed)?);
             let optimizer = Box::new(AdamW::new(&store, vec![], hp)?);
-            Prepared { method: ft.method, store, model, trainable: vec![], optimizer, values: Some(values), train: train(sm.lr, sm.grad_clip), stream: Stream { steps_per_fact: sm.steps_per_fact, epochs: sm.epochs, replay: sm.replay, seed: ft.seed } }
+            Prepared {
+                method: ft.method,
+                store,
+                model,
+                trainable: vec![],
+                optimizer,
+                values: Some(values),
+                train: train(sm.lr, sm.grad_clip),
+                stream: Stream { steps_per_fact: sm.steps_per_fact, epochs: sm.epochs, replay: sm.replay, seed: ft.seed },
+            }
         }
         MethodKind::Lora => {
             let lo = &ft.lora;
-            let pb = ParamBuilder::existing(&store, device).with_precision(ft.precision).with_init_missing(ft.seed).with_lora(lo.lora()).with_trainable(|n| n.contains(".lora_"));
+            let pb = ParamBuilder::existing(&store, device)
+                .with_precision(ft.precision)
+                .with_init_missing(ft.seed)
+                .with_lora(lo.lora())
+                .with_trainable(|n| n.contains(".lora_"));
             let model = Llama::new(cfg, &pb)?;
             let names = adapter_names(&store);
             if names.is_empty() {
                 bail!("LoRA: no linear layer matches finetune.lora.targets = {:?}", lo.targets);
             }
             let optimizer = Box::new(AdamW::new(&store, default_groups(&store, &names, lo.weight_decay), hp)?);
-            Prepared { method: ft.method, store, model, trainable: names, optimizer, values: None, train: train(lo.lr, lo.grad_clip), stream: Stream { steps_per_fact: lo.steps_per_fact, epochs: lo.epochs, replay: lo.replay, seed: ft.seed } }
+            Prepared {
+                method: ft.method,
+                store,
+                model,
+                trainable: names,
+                optimizer,
+                values: None,
+                train: train(lo.lr, lo.grad_clip),
+                stream: Stream { steps_per_fact: lo.steps_per_fact, epochs: lo.epochs, replay: lo.replay, seed: ft.seed },
+            }
         }
         MethodKind::Full => {
             let fu = &ft.full;
@@ -115,7 +150,16 @@ pub fn prepare(ft: &FinetuneConfig, cfg: &LlamaConfig, base: &ParamStore, backgr
                 let rowwise = m.value_optimizer.resolve(m.n_slots()) == ValueOptimizerKind::AdamwRowwise;
                 Box::new(LazyAdamW::new(m.n_slots(), m.v_dim, fu.value_lr.unwrap_or(fu.lr), hp, 0.0, rowwise)) as Box<dyn ValueUpdate>
             });
-            Prepared { method: ft.method, store, model, trainable: names, optimizer, values, train: train(fu.lr, fu.grad_clip), stream: Stream { steps_per_fact: fu.steps_per_fact, epochs: fu.epochs, replay: fu.replay, seed: ft.seed } }
+            Prepared {
+                method: ft.method,
+                store,
+                model,
+                trainable: names,
+                optimizer,
+                values,
+                train: train(fu.lr, fu.grad_clip),
+                stream: Stream { steps_per_fact: fu.steps_per_fact, epochs: fu.epochs, replay: fu.replay, seed: ft.seed },
+            }
         }
     })
 }
@@ -182,6 +226,11 @@ pub fn finetune_stream(
     }
     drop(trainer);
     let n = n_first.max(1) as f64;
-    let outcome = FinetuneOutcome { steps, seconds: t0.elapsed().as_secs_f64(), mean_first_loss: (first / n) as f32, mean_last_loss: (last / n) as f32 };
+    let outcome = FinetuneOutcome {
+        steps,
+        seconds: t0.elapsed().as_secs_f64(),
+        mean_first_loss: (first / n) as f32,
+        mean_last_loss: (last / n) as f32,
+    };
     Ok((Finetuned { method, store, model }, outcome))
 }

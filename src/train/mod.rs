@@ -2,15 +2,14 @@
 //! training loop.
 
 pub mod background;
-#[cfg(feature = "cuda")]
-pub mod device_rows;
+pub mod base_model;
 pub mod methods;
 pub mod optim;
-pub mod schedule;
 pub mod pretrain;
 pub mod progress;
 pub mod retrofit;
+pub mod schedule;
 pub mod sparse_memory;
-pub mod sparse_values;
-pub mod trainer;
 pub mod tfidf;
+pub mod trainer;
+pub mod values;

@@ -2,7 +2,7 @@
 //!
 //! Why not candle-nn's optimisers: they build ~10 full-size temporaries per step with
 //! single-threaded ops and keep their state private, so it cannot be checkpointed
-//! (DESIGN.md §1). Here every update runs in place on the parameter's storage, slice by slice,
+//! (docs/design.md, "The memory layer"). Here every update runs in place on the parameter's storage, slice by slice,
 //! in parallel with rayon, and the state (moments, step count) is exported as named tensors that
 //! round-trip through safetensors bit-exactly.
 //!
@@ -228,7 +228,10 @@ impl Optimizer for AdamW {
             if tensor.dims() != p.dims() {
                 bail!("optimizer state: `{key}` has shape {:?}, parameter has {:?}", tensor.dims(), p.dims());
             }
-            slot.insert(name.to_string(), private_copy(&tensor.to_device(p.device())?).with_context(|| format!("optimizer state `{key}`"))?);
+            slot.insert(
+                name.to_string(),
+                private_copy(&tensor.to_device(p.device())?).with_context(|| format!("optimizer state `{key}`"))?,
+            );
         }
         let mut new_state = BTreeMap::new();
         for (name, m) in ms {
@@ -320,7 +323,16 @@ impl Sgd {
 /// The SGD update of a parameter on a GPU, from candle ops (the same arithmetic as the CPU
 /// kernels), written back into the parameter's `Var`; `bufs` holds the momentum buffers.
 #[allow(clippy::too_many_arguments)]
-fn sgd_on_device(store: &ParamStore, bufs: &mut BTreeMap<String, Tensor>, momentum: f64, name: &str, (p, g): (&Tensor, &Tensor), lr: f32, wd: f32, mu: f32) -> Result<()> {
+fn sgd_on_device(
+    store: &ParamStore,
+    bufs: &mut BTreeMap<String, Tensor>,
+    momentum: f64,
+    name: &str,
+    (p, g): (&Tensor, &Tensor),
+    lr: f32,
+    wd: f32,
+    mu: f32,
+) -> Result<()> {
     let d = (g + (p * wd as f64)?)?;
     let step = if momentum == 0.0 {
         d
@@ -349,7 +361,8 @@ impl Optimizer for Sgd {
                 let p = param_tensor(&self.store, name)?;
                 let g = grad_for(name, g, &p)?;
                 if !p.device().is_cpu() {
-                    sgd_on_device(&self.store, &mut self.bufs, self.momentum, name, (&p, &g), lr_g, wd, mu).with_context(|| format!("SGD update of {name}"))?;
+                    sgd_on_device(&self.store, &mut self.bufs, self.momentum, name, (&p, &g), lr_g, wd, mu)
+                        .with_context(|| format!("SGD update of {name}"))?;
                     continue;
                 }
                 let res = if self.momentum == 0.0 {
@@ -410,7 +423,10 @@ impl Optimizer for Sgd {
             if tensor.dims() != p.dims() {
                 bail!("optimizer state: `{key}` has shape {:?}, parameter has {:?}", tensor.dims(), p.dims());
             }
-            bufs.insert(name.to_string(), private_copy(&tensor.to_device(p.device())?).with_context(|| format!("optimizer state `{key}`"))?);
+            bufs.insert(
+                name.to_string(),
+                private_copy(&tensor.to_device(p.device())?).with_context(|| format!("optimizer state `{key}`"))?,
+            );
         }
         self.t = t;
         self.bufs = bufs;
@@ -597,7 +613,11 @@ fn param_tensor(store: &ParamStore, name: &str) -> Result<Tensor> {
     let v = store.get(name).with_context(|| format!("optimiser: no parameter named `{name}` in the store"))?;
     let t = v.as_tensor().clone();
     if !(t.device().is_cpu() || cfg!(feature = "cuda") && t.device().is_cuda()) || t.dtype() != DType::F32 {
-        bail!("optimiser: parameter `{name}` is {:?} on {:?}; the optimisers update f32 tensors on the CPU (or CUDA with the cuda feature)", t.dtype(), t.device());
+        bail!(
+            "optimiser: parameter `{name}` is {:?} on {:?}; the optimisers update f32 tensors on the CPU (or CUDA with the cuda feature)",
+            t.dtype(),
+            t.device()
+        );
     }
     if !t.is_contiguous() {
         bail!("optimiser: parameter `{name}` is not contiguous");

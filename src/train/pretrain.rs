@@ -3,8 +3,8 @@
 
 use super::optim::{default_groups, optimizer_from_config, Optimizer};
 use super::progress::Progress;
-use super::sparse_values::{value_update_from_config, ValueUpdate};
 use super::trainer::{dense_names, heldout_loss, StepStats, Trainer};
+use super::values::{value_update_from_config, ValueUpdate};
 use crate::config::{DataSource, ExperimentConfig};
 use crate::data::batches::{BatchSource, DataPosition, SyntheticStream, TextCorpusStream};
 use crate::data::synthetic::World;
@@ -79,16 +79,15 @@ pub fn make_optimizer(cfg: &ExperimentConfig, store: &ParamStore, names: &[Strin
 }
 
 /// Train per `cfg`; with `resume`, continue from the run directory's checkpoint.
-pub fn run(cfg: &ExperimentConfig, resume: bool) -> Result<PretrainOutcome> {
-    run_until(cfg, resume, None)
+pub fn run(cfg: &ExperimentConfig, resume: bool, device: &Device) -> Result<PretrainOutcome> {
+    run_until(cfg, resume, None, device)
 }
 
 /// As `run`, but stop (after writing a checkpoint) once `stop_after` steps are done: a session
 /// can be cut short and resumed later with the same schedule.
-pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>) -> Result<PretrainOutcome> {
+pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>, device: &Device) -> Result<PretrainOutcome> {
     let cfg = &with_init_model(cfg)?;
     let dir = PathBuf::from(&cfg.run.dir);
-    let device = crate::device::open(&cfg.run.device)?;
     let ckpt_dir = dir.join(CHECKPOINT_DIR);
     let has_ckpt = Checkpoint::exists(&ckpt_dir);
     if has_ckpt && !resume {
@@ -104,27 +103,37 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
     let world = matches!(cfg.data.source, DataSource::Synthetic).then(|| World::generate(&cfg.data.world));
     let tok = run_tokenizer(cfg, &dir, world.as_ref())?;
-    tok.save(&dir.join("tokenizer.json"))?;
+    tok.save(dir.join("tokenizer.json"))?;
 
     let store = ParamStore::new();
     let (model, optimizer, values, start, pos) = if resume {
-        let ck = Checkpoint::load(&ckpt_dir, &device)?;
-        let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, ck.model, &device).with_trainable(trainable_filter(cfg)).with_precision(cfg.train.precision))?;
+        let ck = Checkpoint::load(&ckpt_dir, device)?;
+        let model = Llama::new(
+            &cfg.model,
+            &ParamBuilder::from_tensors(&store, ck.model, device).with_trainable(trainable_filter(cfg)).with_precision(cfg.train.precision),
+        )?;
         let mut opt = make_optimizer(cfg, &store, &trainable_names(cfg, &store))?;
         opt.load_state(&ck.optimizer)?;
         let mut values = value_update_from_config(&cfg.model, &cfg.train);
         if let Some(v) = values.as_mut() {
-            v.load_state(&ck.optimizer).map_err(|e| MemtuneError::BadCheckpoint { path: ckpt_dir.join(OPTIMIZER_FILE), msg: format!("{e:#}") })?;
+            v.load_state(&ck.optimizer)
+                .map_err(|e| MemtuneError::BadCheckpoint { path: ckpt_dir.join(OPTIMIZER_FILE), msg: format!("{e:#}") })?;
         }
-        let pos: DataPosition = serde_json::from_value(ck.meta.trainer["data_position"].clone())
-            .map_err(|e| MemtuneError::BadCheckpoint { path: ckpt_dir.clone(), msg: format!("trainer state has no valid data position: {e}") })?;
+        let pos: DataPosition = serde_json::from_value(ck.meta.trainer["data_position"].clone()).map_err(|e| {
+            MemtuneError::BadCheckpoint { path: ckpt_dir.clone(), msg: format!("trainer state has no valid data position: {e}") }
+        })?;
         (model, opt, values, ck.meta.step, Some(pos))
     } else {
-        let model = init_model(cfg, &store, &device)?;
+        let model = init_model(cfg, &store, device)?;
         if cfg.init.query_stats_batches > 0 && cfg.model.memory.is_some() {
             let mut calib = training_stream(cfg, world.as_ref(), &tok, cfg.train.seed ^ QUERY_STATS_SEED, None)?;
             for s in super::retrofit::standardize_memory_queries(&model, &store, calib.as_mut(), cfg.init.query_stats_batches)? {
-                tracing::info!("memory layer {}: query standardised against its input over {} tokens (channel std max/min {:.0})", s.layer, s.tokens, s.std_ratio);
+                tracing::info!(
+                    "memory layer {}: query standardised against its input over {} tokens (channel std max/min {:.0})",
+                    s.layer,
+                    s.tokens,
+                    s.std_ratio
+                );
             }
         }
         let opt = make_optimizer(cfg, &store, &trainable_names(cfg, &store))?;
@@ -168,14 +177,14 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
         last = trainer.step(source.as_mut(), step)?;
         progress.update(&last);
         let mut line = serde_json::to_value(&last)?;
-        if cfg.train.eval_every > 0 && last.step % cfg.train.eval_every == 0 {
+        if cfg.train.eval_every > 0 && last.step.is_multiple_of(cfg.train.eval_every) {
             let mut held = training_stream(cfg, world.as_ref(), &tok, cfg.train.seed ^ HELDOUT_SEED, None)?;
             line["heldout_loss"] = heldout_loss(&model, held.as_mut(), cfg.train.eval_batches)?.into();
         }
-        if last.step % cfg.train.log_every.max(1) == 0 || last.step == cfg.train.steps {
+        if last.step.is_multiple_of(cfg.train.log_every.max(1)) || last.step == cfg.train.steps {
             writeln!(metrics, "{line}")?;
         }
-        if cfg.train.checkpoint_every > 0 && last.step % cfg.train.checkpoint_every == 0 && last.step < end {
+        if cfg.train.checkpoint_every > 0 && last.step.is_multiple_of(cfg.train.checkpoint_every) && last.step < end {
             save(last.step, trainer.optimizer.as_ref(), trainer.values.as_deref(), source.as_ref())?;
         }
     }
@@ -194,7 +203,12 @@ pub fn init_model(cfg: &ExperimentConfig, store: &ParamStore, device: &Device) -
     } else {
         let base = init_model_dir(cfg)?;
         let tensors = crate::model::params::load_safetensors(&crate::model::pretrained::weight_files(&base)?, device)?;
-        tracing::info!("starting from {} ({} tensors; missing ones initialised from seed {})", base.display(), tensors.len(), cfg.train.seed);
+        tracing::info!(
+            "starting from {} ({} tensors; missing ones initialised from seed {})",
+            base.display(),
+            tensors.len(),
+            cfg.train.seed
+        );
         ParamBuilder::from_tensors(store, tensors, device).with_init_missing(cfg.train.seed)
     };
     Llama::new(&cfg.model, &pb.with_trainable(trainable_filter(cfg)).with_precision(cfg.train.precision))
@@ -202,7 +216,8 @@ pub fn init_model(cfg: &ExperimentConfig, store: &ParamStore, device: &Device) -
 
 /// The folder of `[init] model` (a model folder, run directory or cached hf-hub repo id).
 pub fn init_model_dir(cfg: &ExperimentConfig) -> Result<PathBuf> {
-    let dir = crate::model::pretrained::resolve_model_dir(Path::new(&cfg.init.model)).with_context(|| format!("init.model = {:?}", cfg.init.model))?;
+    let dir = crate::model::pretrained::resolve_model_dir(Path::new(&cfg.init.model))
+        .with_context(|| format!("init.model = {:?}", cfg.init.model))?;
     crate::model::pretrained::check_model_dir(&dir).with_context(|| format!("init.model = {:?}", cfg.init.model))?;
     Ok(dir)
 }
@@ -216,13 +231,20 @@ pub fn with_init_model(cfg: &ExperimentConfig) -> Result<ExperimentConfig> {
         let dir = init_model_dir(cfg)?;
         let base = crate::model::pretrained::load_config(&dir)?;
         if base.memory.is_some() && cfg.model.memory.is_some() && base.memory != cfg.model.memory {
-            anyhow::bail!("init.model {} already has a memory layer that differs from [model.memory]; drop [model.memory] to keep it", dir.display());
+            anyhow::bail!(
+                "init.model {} already has a memory layer that differs from [model.memory]; drop [model.memory] to keep it",
+                dir.display()
+            );
         }
         let memory = cfg.model.memory.clone().or(base.memory.clone());
         out.model = crate::model::LlamaConfig { memory, ..base };
         out.model.validate().map_err(|e| anyhow::anyhow!("init.model {} with [model.memory]: {e}", dir.display()))?;
         let max = out.model.max_position_embeddings;
-        anyhow::ensure!(cfg.train.seq_len <= max, "train.seq_len ({}) exceeds init.model's max_position_embeddings ({max})", cfg.train.seq_len);
+        anyhow::ensure!(
+            cfg.train.seq_len <= max,
+            "train.seq_len ({}) exceeds init.model's max_position_embeddings ({max})",
+            cfg.train.seq_len
+        );
         if cfg.data.tokenizer.is_empty() {
             out.data.tokenizer = dir.join("tokenizer.json").display().to_string();
         }

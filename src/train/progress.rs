@@ -24,7 +24,7 @@ impl Progress {
         let tps = self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
         self.bar.set_position(s.step as u64);
         self.bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.loss, s.lr, tps));
-        if self.bar.is_hidden() && (s.step % 50 == 0) {
+        if self.bar.is_hidden() && s.step.is_multiple_of(50) {
             tracing::info!("{} step {} loss {:.4} lr {:.2e} {:.0} tok/s", self.label, s.step, s.loss, s.lr, tps);
         }
     }

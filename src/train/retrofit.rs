@@ -28,7 +28,12 @@ pub struct QueryStats {
 /// Fold each memory layer's input statistics over `batches` batches of `source` into its query
 /// projection: W' = W · diag(s̄/s), b' = b − W'μ (μ, s: the input's per-channel mean and std, s̄
 /// their RMS), so the query sees standardised inputs at the same overall scale.
-pub fn standardize_memory_queries(model: &Llama, store: &ParamStore, source: &mut dyn BatchSource, batches: usize) -> Result<Vec<QueryStats>> {
+pub fn standardize_memory_queries(
+    model: &Llama,
+    store: &ParamStore,
+    source: &mut dyn BatchSource,
+    batches: usize,
+) -> Result<Vec<QueryStats>> {
     let dev = model.device().clone();
     let mut inputs: Vec<(usize, Vec<Tensor>)> = vec![];
     for _ in 0..batches {
@@ -82,7 +87,12 @@ mod tests {
     #[test]
     fn folded_query_has_zero_mean_over_the_calibration_tokens() {
         let dev = Device::Cpu;
-        let cfg = crate::config::ExperimentConfig::from_toml_str(include_str!("../../configs/tiny-memory-test.toml"), "tiny-memory-test.toml", &[]).unwrap();
+        let cfg = crate::config::ExperimentConfig::from_toml_str(
+            include_str!("../../configs/tiny-memory-test.toml"),
+            "tiny-memory-test.toml",
+            &[],
+        )
+        .unwrap();
         let store = ParamStore::new();
         let model = Llama::new(&cfg.model, &ParamBuilder::fresh(&store, 0, &dev)).unwrap();
         let tokens: Vec<u32> = (0..64u32).map(|i| (i * 7 + 3) % cfg.model.vocab_size as u32).collect();
@@ -92,7 +102,14 @@ mod tests {
                 Ok(crate::data::batches::Batch { inputs: self.0.clone(), targets: self.0.clone(), batch: 2, seq: 32, mask: None })
             }
             fn position(&self) -> crate::data::batches::DataPosition {
-                crate::data::batches::DataPosition { kind: "fixed".into(), fingerprint: String::new(), seed: 0, next_doc: 0, doc_offset: 0, batches: 0 }
+                crate::data::batches::DataPosition {
+                    kind: "fixed".into(),
+                    fingerprint: String::new(),
+                    seed: 0,
+                    next_doc: 0,
+                    doc_offset: 0,
+                    batches: 0,
+                }
             }
         }
         let mut src = Fixed(tokens.clone());

@@ -5,8 +5,8 @@
 //! table, and every other weight of the model, stays bit-identical.
 
 use super::optim::AdamWParams;
-use super::sparse_values::{LazyAdamW, RowSelect, SparseSgd, ValueBatch, ValueUpdate};
 use super::tfidf::{BackgroundIndex, TfIdfSelect};
+use super::values::{LazyAdamW, RowSelect, SparseSgd, ValueBatch, ValueUpdate};
 use crate::config::{Ranking, SparseMemoryConfig, SparseOptimizer};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -42,7 +42,14 @@ impl ValueUpdate for SelectedRows {
 /// The value update of `[finetune.sparse_memory]` for a table of `n_rows` × `dim`; Adam takes
 /// `hp` (`finetune.beta1/beta2/eps`) and no weight decay. `background` is needed for
 /// `ranking = "tfidf"`.
-pub fn sparse_memory_update(sm: &SparseMemoryConfig, n_rows: usize, dim: usize, hp: AdamWParams, background: Option<BackgroundIndex>, seed: u64) -> Result<SelectedRows> {
+pub fn sparse_memory_update(
+    sm: &SparseMemoryConfig,
+    n_rows: usize,
+    dim: usize,
+    hp: AdamWParams,
+    background: Option<BackgroundIndex>,
+    seed: u64,
+) -> Result<SelectedRows> {
     // TfIdfSelect names the missing background index for ranking = "tfidf".
     let index = if sm.ranking == Ranking::Tfidf { background } else { None };
     let select = Box::new(TfIdfSelect::new(sm.ranking, sm.top_t.0, index, seed)?);

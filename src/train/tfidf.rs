@@ -1,4 +1,4 @@
-//! TF-IDF ranking of memory slots for sparse memory finetuning (DESIGN.md §2).
+//! TF-IDF ranking of memory slots for sparse memory finetuning (docs/design.md, "Sparse memory finetuning").
 //!
 //! Background index: B batches of background data (the pretraining distribution) are run
 //! through the model once; df(i) = number of batches in which slot i was accessed at least once.
@@ -6,7 +6,7 @@
 //! are ranked by tf·idf and the top t are the only value rows updated. Ablations: rank by tf
 //! alone, pick t at random, or update every accessed slot (t = ∞).
 
-use super::sparse_values::{RowSelect, ValueBatch};
+use super::values::{RowSelect, ValueBatch};
 use crate::data::batches::BatchSource;
 use crate::model::{ForwardCtx, Llama};
 use crate::util::rng_for;

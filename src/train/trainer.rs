@@ -9,7 +9,7 @@
 
 use super::optim::{clip_scale, grad_sum_squares, grads_by_name, scale_grads, GradAccumulator, Optimizer};
 use super::schedule::{lr_at, lr_multiplier};
-use super::sparse_values::{value_update_from_config, RowGrads, ValueBatch, ValueUpdate};
+use super::values::{value_update_from_config, RowGrads, ValueBatch, ValueUpdate};
 use crate::config::TrainConfig;
 use crate::data::batches::BatchSource;
 use crate::model::{access_counts, AccessCounts, ForwardCtx, Llama, ParamStore, VALUES_NAME};
@@ -43,9 +43,15 @@ pub fn dense_names(store: &ParamStore) -> Vec<String> {
 
 impl<'a> Trainer<'a> {
     /// A trainer whose value update (if the model has memory layers) is the one the model config
-    /// asks for: lazy AdamW at `memory.value_lr` (see `sparse_values::value_update_from_config`).
+    /// asks for: lazy AdamW at `memory.value_lr` (see `values::value_update_from_config`).
     /// Replace `values` for another method.
-    pub fn new(model: &'a Llama, store: &'a ParamStore, trainable: Vec<String>, optimizer: Box<dyn Optimizer + 'a>, cfg: TrainConfig) -> Self {
+    pub fn new(
+        model: &'a Llama,
+        store: &'a ParamStore,
+        trainable: Vec<String>,
+        optimizer: Box<dyn Optimizer + 'a>,
+        cfg: TrainConfig,
+    ) -> Self {
         let values = value_update_from_config(&model.cfg, &cfg);
         Self { model, store, trainable, optimizer, values, cfg }
     }
@@ -112,7 +118,8 @@ impl<'a> Trainer<'a> {
         let lr = lr_at(step, &self.cfg);
         self.optimizer.step(&grads, lr)?;
         if let (Some(update), Some(vg)) = (self.values.as_mut(), &value_grads) {
-            let table = self.store.get(VALUES_NAME).with_context(|| format!("the model has memory traces but the store has no `{VALUES_NAME}`"))?;
+            let table =
+                self.store.get(VALUES_NAME).with_context(|| format!("the model has memory traces but the store has no `{VALUES_NAME}`"))?;
             let batch = ValueBatch { grads: vg, access: &access, lr_mult: lr_multiplier(step, &self.cfg), step };
             update.step(table.as_tensor(), &batch).with_context(|| format!("{} update of {VALUES_NAME}", update.name()))?;
         }

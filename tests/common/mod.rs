@@ -50,5 +50,6 @@ pub fn memory_layer_inputs(m: &MemoryConfig, n_tok: usize, d: usize, seed: u64) 
 /// The memory layer over inputs laid out as [`memory_layer_inputs`] returns them (x unused).
 pub fn memory_layer(m: &MemoryConfig, a: &[Tensor]) -> MemoryLayer {
     let lin = |w: &Tensor, b: &Tensor| Linear::from_weights(w.clone(), Some(b.clone()));
-    MemoryLayer::from_parts(0, m.clone(), lin(&a[1], &a[2]), a[3].clone(), lin(&a[4], &a[5]), lin(&a[6], &a[7]), a[8].clone(), 1e-5).unwrap()
+    MemoryLayer::from_parts(0, m.clone(), lin(&a[1], &a[2]), a[3].clone(), lin(&a[4], &a[5]), lin(&a[6], &a[7]), a[8].clone(), 1e-5)
+        .unwrap()
 }

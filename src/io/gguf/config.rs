@@ -88,9 +88,9 @@ impl Hyperparams {
         if md.u64_opt(&key("expert_count"))?.unwrap_or(0) > 0 {
             bail!("GGUF {}: `{}` > 0: mixture-of-experts models are not supported", md.file.display(), key("expert_count"));
         }
-        let embd = tensors.get("token_embd.weight").ok_or_else(|| {
-            anyhow::anyhow!("GGUF {}: tensor `token_embd.weight` is missing", md.file.display())
-        })?;
+        let embd = tensors
+            .get("token_embd.weight")
+            .ok_or_else(|| anyhow::anyhow!("GGUF {}: tensor `token_embd.weight` is missing", md.file.display()))?;
         Ok(Self {
             arch,
             vocab_size: embd.shape.dims()[0],

@@ -98,9 +98,8 @@ impl<'a> Metadata<'a> {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                as_i64(v).ok_or_else(|| {
-                    anyhow!("GGUF {}: `{key}`[{i}] should be an integer, found {:?}", self.file.display(), v.value_type())
-                })
+                as_i64(v)
+                    .ok_or_else(|| anyhow!("GGUF {}: `{key}`[{i}] should be an integer, found {:?}", self.file.display(), v.value_type()))
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)

@@ -21,8 +21,10 @@ const TOKEN_USER_DEFINED: i64 = 4;
 
 /// The split patterns of Hugging Face's Llama 3 and Qwen2 `tokenizer.json` (a `Split`
 /// pre-tokenizer before a ByteLevel one without its own regex); llama.cpp uses the same.
-const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Both files, as JSON values.
 pub struct TokenizerFiles {
@@ -163,10 +165,9 @@ fn pre_tokenizer(pre: &str) -> Option<(Value, bool)> {
         // GPT-2's regex, inside ByteLevel.
         "default" | "gpt-2" | "gpt2" => (byte_level(true), false),
         // llama.cpp: "\p{N}" then GPT-2's regex; Hugging Face: Digits(individual) + ByteLevel.
-        "smollm" | "starcoder" | "refact" => (
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-            false,
-        ),
+        "smollm" | "starcoder" | "refact" => {
+            (json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}), false)
+        }
         "llama-bpe" | "llama3" => (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_PATTERN), byte_level(false)]}), true),
         "qwen2" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_PATTERN), byte_level(false)]}), false),
         _ => return None,

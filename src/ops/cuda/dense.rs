@@ -8,7 +8,14 @@ use candle_core::cuda_backend::CudaDevice;
 use candle_core::{Result, Tensor};
 
 /// RMSNorm forward over `rows` rows of `d`.
-pub fn rms_norm_fwd(dev: &CudaDevice, x: &CudaView<'_, f32>, w: &CudaView<'_, f32>, rows: usize, d: usize, eps: f32) -> Result<CudaSlice<f32>> {
+pub fn rms_norm_fwd(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    w: &CudaView<'_, f32>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+) -> Result<CudaSlice<f32>> {
     let y = zeros_f32(dev, rows * d)?;
     if rows > 0 && d > 0 {
         let f = dense_func(dev, "rmsnorm_fwd")?;
@@ -144,7 +151,17 @@ pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Te
 /// RoPE rotation of x (B, T, H, Dh) with table rows cos/sin (T, Dh/2) (host copies, uploaded);
 /// `sign` −1 rotates back (the backward).
 #[allow(clippy::too_many_arguments)]
-pub fn rope_rotate(dev: &CudaDevice, x: &CudaView<'_, f32>, cos: &[f32], sin: &[f32], n: usize, t: usize, h: usize, dh: usize, sign: f32) -> Result<CudaSlice<f32>> {
+pub fn rope_rotate(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    cos: &[f32],
+    sin: &[f32],
+    n: usize,
+    t: usize,
+    h: usize,
+    dh: usize,
+    sign: f32,
+) -> Result<CudaSlice<f32>> {
     let y = zeros_f32(dev, n)?;
     let half = dh / 2;
     let rows = n / dh.max(1);
@@ -168,7 +185,14 @@ pub fn rope_rotate(dev: &CudaDevice, x: &CudaView<'_, f32>, cos: &[f32], sin: &[
 }
 
 /// Per row of logits (N, V): sign · (lse − x[target]), 0 for IGNORE_INDEX targets.
-pub fn ce_rows(dev: &CudaDevice, x: &CudaView<'_, f32>, targets: &CudaView<'_, u32>, n: usize, v: usize, sign: f32) -> Result<CudaSlice<f32>> {
+pub fn ce_rows(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    targets: &CudaView<'_, u32>,
+    n: usize,
+    v: usize,
+    sign: f32,
+) -> Result<CudaSlice<f32>> {
     let out = zeros_f32(dev, n)?;
     if n > 0 && v > 0 {
         let f = dense_func(dev, "ce_rows")?;

@@ -4,7 +4,7 @@
 //! inputs by tests/cuda.rs.
 
 use super::{cfg_rows, device_of, func, upload_u32, view_f32, wrap, zeros_f32, BLOCK};
-use crate::ops::product_keys::SlotHandle;
+use crate::ops::slots::SlotHandle;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{Result, Tensor};
@@ -45,7 +45,11 @@ pub fn select(q: &Tensor, keys: &Tensor, knn: usize) -> Result<(Tensor, Tensor)>
         b.arg(&h);
         b.arg(&ni);
         b.arg(&k);
-        let cfg = LaunchConfig { grid_dim: ((n_tok * heads) as u32, 1, 1), block_dim: (SELECT_THREADS, 1, 1), shared_mem_bytes: (16 * knn) as u32 };
+        let cfg = LaunchConfig {
+            grid_dim: ((n_tok * heads) as u32, 1, 1),
+            block_dim: (SELECT_THREADS, 1, 1),
+            shared_mem_bytes: (16 * knn) as u32,
+        };
         if n_tok * heads > 0 {
             unsafe { f.launch(b, cfg) }?;
         }
@@ -88,7 +92,15 @@ pub fn product_key_topk(q: &Tensor, keys: &Tensor, knn: usize) -> Result<(Tensor
 }
 
 /// Embedding bag forward on the device: y (N, D) for w (N·M) and G (U, D) views.
-pub fn ebag_forward(dev: &CudaDevice, w: &CudaView<'_, f32>, g: &CudaView<'_, f32>, inv: &[u32], n_tok: usize, m: usize, d: usize) -> Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>> {
+pub fn ebag_forward(
+    dev: &CudaDevice,
+    w: &CudaView<'_, f32>,
+    g: &CudaView<'_, f32>,
+    inv: &[u32],
+    n_tok: usize,
+    m: usize,
+    d: usize,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>> {
     let inv = upload_u32(dev, inv)?;
     let y = zeros_f32(dev, n_tok * d)?;
     if n_tok == 0 || d == 0 {
@@ -111,13 +123,21 @@ pub fn ebag_forward(dev: &CudaDevice, w: &CudaView<'_, f32>, g: &CudaView<'_, f3
 /// Embedding bag backward on the device: (dw shaped as w, dG (n_rows, D)). dw reads the rows of
 /// `src` through `read_idx` (the gathered rows through `inv`, or the value table through the
 /// slots); dG is reduced per row of the gradient receiver from the reverse index of `inv`
-/// (`embedding_bag::reverse_index`, built on the host and uploaded): no atomics, a fixed summation
+/// (`slots::reverse_index`, built on the host and uploaded): no atomics, a fixed summation
 /// order.
-pub fn ebag_backward(w: &Tensor, src: &Tensor, dy: &Tensor, read_idx: &[u32], inv: &[u32], n_rows: usize, m: usize) -> Result<(Tensor, Tensor)> {
+pub fn ebag_backward(
+    w: &Tensor,
+    src: &Tensor,
+    dy: &Tensor,
+    read_idx: &[u32],
+    inv: &[u32],
+    n_rows: usize,
+    m: usize,
+) -> Result<(Tensor, Tensor)> {
     let dev = device_of(w)?;
     let (u, d) = (n_rows, src.dim(1)?);
     let n_entries = inv.len();
-    let (start, order) = crate::ops::embedding_bag::reverse_index(inv, u);
+    let (start, order) = crate::ops::slots::reverse_index(inv, u);
     let (idx_d, start_d, order_d) = (upload_u32(&dev, read_idx)?, upload_u32(&dev, &start)?, upload_u32(&dev, &order)?);
     let w = super::contiguous_f32(w)?;
     let g = super::contiguous_f32(src)?;
@@ -140,7 +160,8 @@ pub fn ebag_backward(w: &Tensor, src: &Tensor, dy: &Tensor, read_idx: &[u32], in
         b.arg(&mi);
         b.arg(&di);
         let warps_per_block = (BLOCK / 32) as usize;
-        let cfg = LaunchConfig { grid_dim: (n_entries.div_ceil(warps_per_block) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (n_entries.div_ceil(warps_per_block) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         unsafe { f.launch(b, cfg) }?;
         let f = func(&dev, "ebag_bwd_dg")?;
         let mut b = f.builder();

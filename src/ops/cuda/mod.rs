@@ -148,7 +148,15 @@ pub fn upload_f32(dev: &CudaDevice, v: &[f32]) -> Result<CudaSlice<f32>> {
 }
 
 /// Host data on the device; an empty slice becomes one zero (kernels never get a null buffer).
-fn upload<T: 'static + candle_core::cuda_backend::CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr + candle_core::cuda_backend::cudarc::driver::ValidAsZeroBits>(dev: &CudaDevice, v: &[T]) -> Result<CudaSlice<T>> {
+fn upload<
+    T: 'static
+        + candle_core::cuda_backend::CudaDType
+        + candle_core::cuda_backend::cudarc::driver::DeviceRepr
+        + candle_core::cuda_backend::cudarc::driver::ValidAsZeroBits,
+>(
+    dev: &CudaDevice,
+    v: &[T],
+) -> Result<CudaSlice<T>> {
     if v.is_empty() {
         return dev.alloc_zeros::<T>(1);
     }

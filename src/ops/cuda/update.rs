@@ -1,7 +1,7 @@
 //! In-place parameter updates on CUDA (kernels in `kernels/memory.cu`): sparse SGD and lazy AdamW
 //! on chosen rows of the memory value table, and the dense AdamW. Each writes into the tensor's
 //! own device storage (`super::inplace`), so the `Var` the model reads sees the update.
-//! Correctness reference: the CPU updates in `train::sparse_values` and `train::optim`, compared by
+//! Correctness reference: the CPU updates in `train::values` and `train::optim`, compared by
 //! tests/cuda.rs.
 
 use super::{cfg_1d, cfg_rows, contiguous_f32, func, inplace, upload_f32, upload_u32, view_f32, BLOCK};
@@ -32,7 +32,6 @@ pub fn sgd_rows(table: &Tensor, grads: &Tensor, pairs: &[(u32, u32)], lr: f32) -
     })
 }
 
-
 /// The AdamW constants shared by every row of a step.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamConsts {
@@ -47,7 +46,15 @@ pub struct AdamConsts {
 /// Lazy AdamW on touched rows: `state` is (cap, 2D) (m, v per element) or, `rowwise`, (cap, D + 1);
 /// `meta` (table row, state slot) and `coef` (step_size, inv_sqrt_bc2) per gradient row k.
 /// Two launches: the moments in place on the state, then the rows in place on the table.
-pub fn adam_rows(table: &Tensor, state: &Tensor, grads: &Tensor, meta: &[(u32, u32)], coef: &[(f32, f32)], rowwise: bool, k: AdamConsts) -> Result<()> {
+pub fn adam_rows(
+    table: &Tensor,
+    state: &Tensor,
+    grads: &Tensor,
+    meta: &[(u32, u32)],
+    coef: &[(f32, f32)],
+    rowwise: bool,
+    k: AdamConsts,
+) -> Result<()> {
     let (_, d) = table.dims2()?;
     if meta.is_empty() || d == 0 {
         return Ok(());

@@ -1,5 +1,5 @@
 //! Lazy AdamW state of the memory value table on a GPU (`--features cuda`), for
-//! `sparse_values::LazyAdamW` when the table lives there.
+//! `values::LazyAdamW` when the table lives there.
 //!
 //! The state of a touched row sits in one device tensor `state` (cap, width): m (dim) then v (dim,
 //! or 1 for the row-wise variant) per state slot. A row gets the next free slot the first time it
@@ -11,7 +11,7 @@
 //!
 //! Correctness reference: the CPU `LazyAdamW` (tests/cuda.rs runs both on the same gradients).
 
-use super::sparse_values::ExportedRows;
+use super::RowState;
 use crate::ops::cuda::update::{adam_rows, AdamConsts};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
@@ -39,7 +39,7 @@ impl DeviceRowState {
     }
 
     /// State holding `rows` (ascending) with their steps and moments, uploaded to `device`.
-    pub fn from_rows(dim: usize, rowwise: bool, (rows, steps, m, v): ExportedRows, device: &Device) -> Result<Self> {
+    pub fn from_rows(dim: usize, rowwise: bool, RowState { rows, steps, m, v }: RowState, device: &Device) -> Result<Self> {
         let n = rows.len();
         let vd = if rowwise { 1 } else { dim };
         let width = Self::width(dim, rowwise);
@@ -105,7 +105,7 @@ impl DeviceRowState {
     }
 
     /// The state of every touched row, rows ascending, copied to the host.
-    pub fn export(&self) -> Result<ExportedRows> {
+    pub fn export(&self) -> Result<RowState> {
         let (dim, vd) = (self.dim, if self.rowwise { 1 } else { self.dim });
         let mut order: Vec<(u32, u32)> = self.rows.iter().enumerate().map(|(s, &r)| (r, s as u32)).collect();
         order.sort_unstable();
@@ -123,6 +123,6 @@ impl DeviceRowState {
                 v.extend_from_slice(&row[dim..dim + vd]);
             }
         }
-        Ok((rows, steps, m, v))
+        Ok(RowState { rows, steps, m, v })
     }
 }

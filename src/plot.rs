@@ -49,7 +49,14 @@ pub fn pareto_front(pts: &[(f64, f64)]) -> Vec<(f64, f64)> {
     front
 }
 
-const COLORS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, spec: &PlotSpec) -> Result<()>
 where
@@ -174,9 +181,16 @@ where
                 let cell = [(SegmentValue::Exact(x), SegmentValue::Exact(y)), (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1))];
                 chart.draw_series(std::iter::once(Rectangle::new(cell, c.filled()))).map_err(err)?;
                 let text_color = if v > 0.6 { WHITE } else { BLACK };
-                let style = (FONT, 12).into_font().color(&text_color).pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center));
+                let style = (FONT, 12).into_font().color(&text_color).pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ));
                 chart
-                    .draw_series(std::iter::once(Text::new(format!("{v:.2}"), (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)), style)))
+                    .draw_series(std::iter::once(Text::new(
+                        format!("{v:.2}"),
+                        (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)),
+                        style,
+                    )))
                     .map_err(err)?;
             }
         }
@@ -206,7 +220,10 @@ mod tests {
     #[test]
     fn writes_png_and_svg() {
         let d = tempfile::tempdir().unwrap();
-        let series = [Series { name: "alpha".into(), points: vec![(0.1, 2.0), (0.3, 5.0)] }, Series { name: "beta".into(), points: vec![(0.2, 1.0)] }];
+        let series = [
+            Series { name: "alpha".into(), points: vec![(0.1, 2.0), (0.3, 5.0)] },
+            Series { name: "beta".into(), points: vec![(0.2, 1.0)] },
+        ];
         scatter_with_fronts(&d.path().join("p"), &PlotSpec { title: "t", x_label: "x", y_label: "y", series: &series }).unwrap();
         let png = std::fs::read(d.path().join("p.png")).unwrap();
         assert_eq!(&png[1..4], b"PNG");
@@ -217,7 +234,13 @@ mod tests {
     #[test]
     fn writes_heatmaps_of_any_size() {
         let d = tempfile::tempdir().unwrap();
-        let panel = |n: usize| Heatmap { title: format!("{n}"), x_label: "j".into(), y_label: "i".into(), col_labels: (0..n).map(|j| j.to_string()).collect(), values: vec![vec![0.5; n]; n] };
+        let panel = |n: usize| Heatmap {
+            title: format!("{n}"),
+            x_label: "j".into(),
+            y_label: "i".into(),
+            col_labels: (0..n).map(|j| j.to_string()).collect(),
+            values: vec![vec![0.5; n]; n],
+        };
         heatmaps_png(&d.path().join("h"), &[panel(1), panel(3)]).unwrap();
         let png = std::fs::read(d.path().join("h.png")).unwrap();
         assert_eq!(&png[1..4], b"PNG");
