@@ -3,10 +3,11 @@
 //! Layers, bottom to top; a module imports only modules on floors below its own (`tests/layers.rs`
 //! checks it):
 //! `error`, `util`, `plot`, `device` → `io` → `ops` → `data` → `model` → `config` → `train` →
-//! `eval` → `bench`, `seal` → the CLI (`main.rs`), which alone opens the device.
+//! `eval` → `bench`, `seal` → `commands` → the CLI (`main.rs`), which alone opens the device.
 //! docs/design.md ("Architecture") says what each owns.
 
 pub mod bench;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -401,11 +401,11 @@ fn keep_freed_memory() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    use memtune::{bench, data, eval, model, train};
+    use memtune::{bench, commands, data, eval, train};
     match cli.command {
         Command::Demo { cfg } => {
-            let cfg = bench::demo::config(cfg.config.as_deref(), &cfg.sets())?;
-            bench::demo::run(&cfg, &memtune::device::open(&cfg.run.device)?)?;
+            let cfg = commands::demo::config(cfg.config.as_deref(), &cfg.sets())?;
+            commands::demo::run(&cfg, &memtune::device::open(&cfg.run.device)?)?;
             Ok(())
         }
         Command::Pretrain { cfg, resume, stop_after } => {
@@ -448,7 +448,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Finetune { cfg, model, method, out, merge } => {
             let (cfg, device) = cfg.with_method(method.as_deref()).load_with_device()?;
-            let report = bench::finetune::finetune_command(&model, &cfg, out.as_deref(), merge, &device)?;
+            let report = commands::finetune::finetune_command(&model, &cfg, out.as_deref(), merge, &device)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -514,7 +514,7 @@ fn run(cli: Cli) -> Result<()> {
             let (cfg, device) = cfg.load_with_device()?;
             let report = match model {
                 Some(dir) => {
-                    let m = model::pretrained::load_model_dir(&dir, &device)?;
+                    let m = train::model_dir::load_base(&dir, &device)?;
                     bench::generate::run(&m.model, m.store.num_elements(), &o)?
                 }
                 None => {

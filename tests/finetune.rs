@@ -7,13 +7,13 @@
 //! - `memtune background` stores the index in the checkpoint; `memtune finetune` runs end to end.
 
 use candle_core::{Device, Tensor};
-use memtune::bench::finetune::{facts_for, run_method};
 use memtune::config::{ExperimentConfig, MethodKind, Ranking, SparseOptimizer, TopT};
 use memtune::data::facts::Fact;
 use memtune::eval::qa::statement_completion;
 use memtune::model::{access_counts, ForwardCtx, VALUES_NAME};
 use memtune::train::background::build_and_store;
-use memtune::train::base_model::{load_base, Base};
+use memtune::train::facts::{facts_for, run_method};
+use memtune::train::model_dir::{load_base, Base};
 use memtune::train::tfidf::{BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -155,7 +155,7 @@ fn lora_leaves_the_base_bit_identical_and_saves_peft_files() {
     let x = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
     let la = tuned.model.forward(&x, None, &mut ForwardCtx::inference()).unwrap();
     let d = tempfile::tempdir().unwrap();
-    memtune::bench::finetune::save_finetuned(&base, &c, &tuned, d.path(), true).unwrap();
+    memtune::train::facts::save_finetuned(&base, &c, &tuned, d.path(), true).unwrap();
     let saved = candle_core::safetensors::load(d.path().join("adapter/adapter_model.safetensors"), &Device::Cpu).unwrap();
     // 2 layers × (q, v) + layer 0's MLP (layer 1's MLP is the memory layer, which has no `up_proj`).
     assert_eq!(saved.len(), 2 * (2 * 2 + 1));

@@ -6,14 +6,15 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use memtune::bench::finetune::{facts_for, run_method};
 use memtune::config::{ExperimentConfig, MethodKind};
 use memtune::data::batches::BatchSource;
+use memtune::model::memory::is_memory_param;
 use memtune::model::pretrained::load_model_dir;
 use memtune::model::{ForwardCtx, ParamStore, VALUES_NAME};
 use memtune::train::background::build_and_store;
-use memtune::train::base_model::load_base;
-use memtune::train::pretrain::{init_model, is_memory_param, run, with_init_model};
+use memtune::train::facts::{facts_for, run_method};
+use memtune::train::model_dir::load_base;
+use memtune::train::pretrain::{init_model, run, with_init_model};
 
 fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()

@@ -18,7 +18,7 @@ use memtune::seal::passages::{split_passages, Passage};
 use memtune::seal::rest_em::{select, sft_batches, sft_pair};
 use memtune::seal::self_edit::training_sequences;
 use memtune::seal::templates::{ChatFormat, QaFormat, SplitRule};
-use memtune::train::base_model::Base;
+use memtune::train::model_dir::Base;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -41,7 +41,7 @@ fn cfg(sets: &[&str]) -> ExperimentConfig {
 /// The preset's model, pretrained once per test binary (the CLI test reuses it by config hash).
 fn base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
-    BASE.get_or_init(|| memtune::train::base_model::pretrained_base(&cfg(&[]), &Device::Cpu).unwrap())
+    BASE.get_or_init(|| memtune::train::model_dir::pretrained_base(&cfg(&[]), &Device::Cpu).unwrap())
 }
 
 fn student(b: &Base) -> Student<'_> {
@@ -418,7 +418,7 @@ fn seal_runs_on_squad_passages_and_a_teacher_copy_changes_nothing() {
     // A teacher that is a copy of the student writes the same self-edits, and ReST-EM trains it
     // the same way: every line is identical.
     let own = seal_cli("seal-own", &small);
-    let teacher = memtune::train::base_model::pretrain_dir(&cfg(&[])).join("checkpoint");
+    let teacher = memtune::train::model_dir::pretrain_dir(&cfg(&[])).join("checkpoint");
     let mut with_teacher = small.clone();
     with_teacher.push(format!("seal.teacher=\"{}\"", teacher.display()));
     let t = seal_cli("seal-teacher", &with_teacher);

@@ -1,8 +1,6 @@
-//! Benchmarks and end-to-end pipelines: training-step and generation speed, the memory layer
-//! alone, finetuning, the forgetting benchmark, the demo.
+//! Benchmarks: training-step and generation speed, the memory layer alone, and the
+//! learning-vs-forgetting benchmark with its probes.
 
-pub mod demo;
-pub mod finetune;
 pub mod forgetting;
 pub mod generate;
 pub mod machine;

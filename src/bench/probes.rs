@@ -16,7 +16,7 @@ use crate::eval::qa::{
     evaluate_batched, evaluate_prompts, greedy_answers, read_jsonl, sample_items, statement_completion, QaItem, QaReport,
 };
 use crate::model::Llama;
-use crate::train::base_model::Base;
+use crate::train::model_dir::Base;
 use crate::train::trainer::heldout_loss;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

@@ -128,7 +128,7 @@ pub fn argmax(xs: &[f32]) -> u32 {
 
 /// `memtune generate`: load a model folder and continue `prompt`, returning the new text.
 pub fn generate_text(model_dir: &std::path::Path, prompt: &str, opts: &GenerateOptions, device: &candle_core::Device) -> Result<String> {
-    let m = crate::model::pretrained::load_model_dir(model_dir, device)?;
+    let m = crate::train::model_dir::load_base(model_dir, device)?;
     let ids = m.tokenizer.encode(prompt)?;
     let mut opts = opts.clone();
     opts.stop_tokens.push(m.tokenizer.eos_id());

@@ -3,6 +3,7 @@
 //! (the layers share one value table).
 
 use crate::data::batches::BatchSource;
+use crate::io::files::EXPERIMENT_FILE;
 use crate::model::memory_trace::MemoryTrace;
 use crate::model::{ForwardCtx, Llama};
 use anyhow::Result;
@@ -109,18 +110,18 @@ pub fn inspect_command(
     top: usize,
     device: &candle_core::Device,
 ) -> Result<InspectReport> {
-    use crate::config::{DataSource, ExperimentConfig};
+    use crate::config::DataSource;
     use crate::train::pretrain::{training_stream, HELDOUT_SEED};
-    let dir = crate::model::pretrained::resolve_model_dir(model_dir)?;
-    let m = crate::model::pretrained::load_model_dir(&dir, device)?;
-    let exp = dir.join("experiment.toml");
-    let mut cfg = if exp.exists() { ExperimentConfig::load(Some(&exp), &[])? } else { ExperimentConfig::default() };
+    let md = crate::train::model_dir::ModelDir::open(model_dir)?;
+    let has_experiment = md.experiment.is_some();
+    let mut cfg = md.experiment.clone().unwrap_or_default();
     if !texts.is_empty() {
         cfg.data.source = DataSource::Text;
         cfg.data.text_files = texts.iter().map(|p| p.display().to_string()).collect();
-    } else if !exp.exists() {
-        anyhow::bail!("{} has no experiment.toml; pass --text FILE to choose a corpus", dir.display());
+    } else if !has_experiment {
+        anyhow::bail!("{} has no {EXPERIMENT_FILE}; pass --text FILE to choose a corpus", md.dir.display());
     }
+    let m = md.load(device)?;
     let world = matches!(cfg.data.source, DataSource::Synthetic).then(|| crate::data::synthetic::World::generate(&cfg.data.world));
     let mut source = training_stream(&cfg, world.as_ref(), &m.tokenizer, cfg.train.seed ^ HELDOUT_SEED, None)?;
     inspect(&m.model, source.as_mut(), batches, top)

@@ -2,11 +2,11 @@
 
 use super::generate::{generate, GenerateOptions};
 use super::metrics::{contains_answer, exact_match, mean_stderr, token_f1};
-use crate::config::ExperimentConfig;
 use crate::data::synthetic::{qa_prompt, Split, World};
 use crate::data::tokenizer::Tokenizer;
-use crate::model::pretrained::load_model_dir;
+use crate::io::files::EXPERIMENT_FILE;
 use crate::model::Llama;
+use crate::train::model_dir::ModelDir;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::Serialize;
@@ -155,18 +155,18 @@ pub fn world_items(world: &World, split: Split) -> Vec<QaItem> {
 
 /// `memtune eval`.
 pub fn eval_command(model_dir: &Path, qa: Option<&Path>, split: &str, limit: usize, seed: u64, device: &Device) -> Result<QaReport> {
-    let model_dir = &crate::model::pretrained::resolve_model_dir(model_dir)?;
-    let m = load_model_dir(model_dir, device)?;
+    let md = ModelDir::open(model_dir)?;
     let items = match qa {
         Some(p) => read_jsonl(p)?,
         None => {
-            let exp = model_dir.join("experiment.toml");
-            let cfg = ExperimentConfig::load(Some(&exp), &[])
-                .with_context(|| format!("{} has no experiment.toml with a synthetic world; pass --qa FILE", model_dir.display()))?;
+            let world = md
+                .world()
+                .with_context(|| format!("{} has no {EXPERIMENT_FILE} with a synthetic world; pass --qa FILE", md.dir.display()))?;
             let split: Split = split.parse()?;
-            world_items(&World::generate(&cfg.data.world), split)
+            world_items(&world, split)
         }
     };
+    let m = md.load(device)?;
     let items = sample_items(items, limit, seed);
     Ok(evaluate(&m.model, &m.tokenizer, &items)?.0)
 }

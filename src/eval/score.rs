@@ -1,8 +1,8 @@
 //! Per-token log-likelihood of texts under a model (`memtune score`).
 
 use crate::data::tokenizer::Tokenizer;
-use crate::model::pretrained::load_model_dir;
 use crate::model::Llama;
+use crate::train::model_dir::load_base;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -44,7 +44,7 @@ pub fn score_text(model: &Llama, tok: &Tokenizer, text: &str) -> Result<ScoreLin
 
 /// `memtune score`: load the model folder and score each text.
 pub fn score_texts(model_dir: &Path, texts: &[String], device: &Device) -> Result<Vec<ScoreLine>> {
-    let m = load_model_dir(model_dir, device)?;
+    let m = load_base(model_dir, device)?;
     texts.iter().map(|t| score_text(&m.model, &m.tokenizer, t)).collect()
 }
 

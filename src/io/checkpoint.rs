@@ -43,11 +43,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
-pub const EXPERIMENT_FILE: &str = "experiment.toml";
-pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+pub use super::files::{CONFIG_FILE, EXPERIMENT_FILE, MODEL_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE};
 const FORMAT: &str = "memtune-checkpoint";
 const VERSION: u32 = 1;
 
@@ -113,48 +109,58 @@ impl Checkpoint {
     /// Tensors keep their stored dtypes and are placed on `device`. Any missing, truncated or
     /// unreadable file is a `MemtuneError::BadCheckpoint` naming that file.
     pub fn load(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> {
-        let src = resolve(dir)?;
-        let state_path = src.join(TRAINER_STATE_FILE);
-        let state = read_state(&state_path)?;
-        for f in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, EXPERIMENT_FILE] {
-            if !state.files.contains_key(f) {
-                return Err(bad(&state_path, format!("the manifest does not list {f}")));
-            }
-        }
-        for (name, &size) in &state.files {
-            let p = src.join(name);
-            let actual = fs::metadata(&p).map_err(|e| bad(&p, format!("missing or unreadable: {e}")))?.len();
-            if actual != size {
-                return Err(bad(&p, format!("is {actual} bytes but was written with {size} (truncated or modified after the save)")));
-            }
-        }
-        let model_path = src.join(MODEL_FILE);
-        let model = load_tensors(&model_path, device)?;
-        let model_metadata = read_safetensors_metadata(&model_path)?;
-        let optimizer = load_tensors(&src.join(OPTIMIZER_FILE), device)?;
-        let cfg_path = src.join(CONFIG_FILE);
-        let model_config: serde_json::Value = fs::read(&cfg_path)
-            .map_err(|e| bad(&cfg_path, format!("cannot read: {e}")))
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}"))))?;
-        let exp_path = src.join(EXPERIMENT_FILE);
-        let experiment_toml = fs::read_to_string(&exp_path).map_err(|e| bad(&exp_path, format!("cannot read: {e}")))?;
-        let mut extra_files = BTreeMap::new();
-        for name in state.files.keys().filter(|n| !is_core_file(n)) {
-            let p = src.join(name);
-            extra_files.insert(name.clone(), fs::read(&p).map_err(|e| bad(&p, format!("cannot read: {e}")))?);
-        }
-        Ok(LoadedCheckpoint {
-            dir: src,
-            model,
-            optimizer,
-            meta: CheckpointMeta { step: state.step, trainer: state.trainer, model_config, experiment_toml, model_metadata, extra_files },
-        })
+        load_impl(dir, device, true)
+    }
+
+    /// As [`Checkpoint::load`], every file checked against the manifest, but the optimiser state
+    /// is not read (`optimizer` is empty): for a model that is evaluated or finetuned afresh.
+    pub fn load_weights(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> {
+        load_impl(dir, device, false)
     }
 
     /// Whether `dir` holds a checkpoint to resume from.
     pub fn exists(dir: &Path) -> bool {
         resolve(dir).is_ok()
     }
+}
+
+fn load_impl(dir: &Path, device: &Device, with_optimizer: bool) -> Result<LoadedCheckpoint> {
+    let src = resolve(dir)?;
+    let state_path = src.join(TRAINER_STATE_FILE);
+    let state = read_state(&state_path)?;
+    for f in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, EXPERIMENT_FILE] {
+        if !state.files.contains_key(f) {
+            return Err(bad(&state_path, format!("the manifest does not list {f}")));
+        }
+    }
+    for (name, &size) in &state.files {
+        let p = src.join(name);
+        let actual = fs::metadata(&p).map_err(|e| bad(&p, format!("missing or unreadable: {e}")))?.len();
+        if actual != size {
+            return Err(bad(&p, format!("is {actual} bytes but was written with {size} (truncated or modified after the save)")));
+        }
+    }
+    let model_path = src.join(MODEL_FILE);
+    let model = load_tensors(&model_path, device)?;
+    let model_metadata = read_safetensors_metadata(&model_path)?;
+    let optimizer = if with_optimizer { load_tensors(&src.join(OPTIMIZER_FILE), device)? } else { HashMap::new() };
+    let cfg_path = src.join(CONFIG_FILE);
+    let model_config: serde_json::Value = fs::read(&cfg_path)
+        .map_err(|e| bad(&cfg_path, format!("cannot read: {e}")))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}"))))?;
+    let exp_path = src.join(EXPERIMENT_FILE);
+    let experiment_toml = fs::read_to_string(&exp_path).map_err(|e| bad(&exp_path, format!("cannot read: {e}")))?;
+    let mut extra_files = BTreeMap::new();
+    for name in state.files.keys().filter(|n| !is_core_file(n)) {
+        let p = src.join(name);
+        extra_files.insert(name.clone(), fs::read(&p).map_err(|e| bad(&p, format!("cannot read: {e}")))?);
+    }
+    Ok(LoadedCheckpoint {
+        dir: src,
+        model,
+        optimizer,
+        meta: CheckpointMeta { step: state.step, trainer: state.trainer, model_config, experiment_toml, model_metadata, extra_files },
+    })
 }
 
 fn bad(path: &Path, msg: impl Into<String>) -> anyhow::Error {

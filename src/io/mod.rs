@@ -2,5 +2,6 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod files;
 pub mod gguf;
 pub mod staged_dir;

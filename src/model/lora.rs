@@ -6,6 +6,7 @@
 
 pub use super::lora_config::{LoraConfig, TARGETS};
 use super::params::{Init, ParamBuilder, ParamStore};
+use crate::io::files::{ADAPTER_CONFIG_FILE, ADAPTER_MODEL_FILE};
 use crate::util::rng_for;
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
@@ -68,7 +69,7 @@ pub fn save_peft(store: &ParamStore, cfg: &LoraConfig, base_model: &str, dir: &s
     }
     std::fs::create_dir_all(dir)?;
     let tensors: HashMap<String, Tensor> = names.iter().map(|n| (peft_name(n), store.get(n).unwrap().as_detached_tensor())).collect();
-    let path = dir.join("adapter_model.safetensors");
+    let path = dir.join(ADAPTER_MODEL_FILE);
     crate::io::atomic::write_atomic_with(&path, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
     let config = serde_json::json!({
         "peft_type": "LORA",
@@ -82,7 +83,7 @@ pub fn save_peft(store: &ParamStore, cfg: &LoraConfig, base_model: &str, dir: &s
         "fan_in_fan_out": false,
         "inference_mode": true,
     });
-    crate::io::atomic::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())
+    crate::io::atomic::write_atomic(&dir.join(ADAPTER_CONFIG_FILE), serde_json::to_string_pretty(&config)?.as_bytes())
 }
 
 /// Fold every adapter into its base weight (W ← W + scale · B A) and remove the adapters from the

@@ -31,6 +31,27 @@ use std::sync::Arc;
 
 /// Name of the shared value table in the `ParamStore` and in checkpoints.
 pub const VALUES_NAME: &str = "memory.values";
+/// A memory layer's own parameters, under `model.layers.N.memory.`: the query projection, the
+/// product keys, W1 (`swilu`) and W2 (`out`).
+pub const QUERY: &str = "query";
+pub const KEYS: &str = "keys";
+pub const SWILU: &str = "swilu";
+pub const OUT: &str = "out";
+
+/// The name prefix of block `layer`'s memory layer.
+pub fn layer_prefix(layer: usize) -> String {
+    format!("model.layers.{layer}.memory")
+}
+
+/// A parameter of a memory layer (`model.layers.N.memory.*`) or the shared value table.
+pub fn is_memory_param(name: &str) -> bool {
+    name.contains(".memory.") || name == VALUES_NAME
+}
+
+/// A memory layer's addressing: its query projection and keys (what picks the slots).
+pub fn is_addressing_param(name: &str) -> bool {
+    name.contains(&format!(".memory.{QUERY}.")) || name.ends_with(&format!(".memory.{KEYS}"))
+}
 
 /// The shared value table, created (or taken from the builder's source) under the root builder
 /// `pb` and handed out detached. With `placement = "parallel"` it starts at zero: the memory then
@@ -91,10 +112,10 @@ impl MemoryLayer {
         Self::from_parts(
             layer,
             mem.clone(),
-            Linear::new(&pb.pp("query"), d, mem.heads * mem.k_dim, true, Init::XavierUniform)?,
-            pb.get((mem.heads, 2, mem.n_keys, mem.k_dim / 2), "keys", key_bound)?,
-            Linear::new(&pb.pp("swilu"), d, mem.v_dim, true, w_std)?,
-            Linear::new(&pb.pp("out"), mem.v_dim, d, true, out_std)?,
+            Linear::new(&pb.pp(QUERY), d, mem.heads * mem.k_dim, true, Init::XavierUniform)?,
+            pb.get((mem.heads, 2, mem.n_keys, mem.k_dim / 2), KEYS, key_bound)?,
+            Linear::new(&pb.pp(SWILU), d, mem.v_dim, true, w_std)?,
+            Linear::new(&pb.pp(OUT), mem.v_dim, d, true, out_std)?,
             values.detach(),
             cfg.rms_norm_eps,
         )

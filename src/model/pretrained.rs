@@ -5,6 +5,7 @@
 
 use super::{hub_cache, Llama, LlamaConfig, ParamBuilder, ParamStore};
 use crate::data::tokenizer::Tokenizer;
+use crate::io::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, WEIGHT_INDEX_FILE};
 use crate::MemtuneError;
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -34,11 +35,11 @@ fn index_shards(index: &Path) -> Result<Vec<String>> {
 
 /// The safetensors files holding a folder's weights.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
+    let single = dir.join(MODEL_FILE);
     if single.exists() {
         return Ok(vec![single]);
     }
-    let index = dir.join("model.safetensors.index.json");
+    let index = dir.join(WEIGHT_INDEX_FILE);
     if index.exists() {
         return Ok(index_shards(&index)?.into_iter().map(|f| dir.join(f)).collect());
     }
@@ -49,18 +50,18 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// A hub-cache link whose blob is gone counts as missing.
 pub fn missing_files(dir: &Path) -> Result<Vec<String>> {
     let mut missing = vec![];
-    if !dir.join("config.json").exists() {
-        missing.push("config.json".to_string());
+    if !dir.join(CONFIG_FILE).exists() {
+        missing.push(CONFIG_FILE.to_string());
     }
-    let index = dir.join("model.safetensors.index.json");
-    let single = dir.join("model.safetensors").exists();
+    let index = dir.join(WEIGHT_INDEX_FILE);
+    let single = dir.join(MODEL_FILE).exists();
     if !single && index.exists() {
         missing.extend(index_shards(&index)?.into_iter().filter(|f| !dir.join(f).exists()));
     } else if !single {
         missing.push("model.safetensors (or model.safetensors.index.json)".to_string());
     }
-    if !dir.join("tokenizer.json").exists() {
-        missing.push("tokenizer.json".to_string());
+    if !dir.join(TOKENIZER_FILE).exists() {
+        missing.push(TOKENIZER_FILE.to_string());
     }
     Ok(missing)
 }
@@ -79,7 +80,7 @@ pub fn check_model_dir(dir: &Path) -> Result<()> {
 }
 
 pub fn load_config(dir: &Path) -> Result<LlamaConfig> {
-    let path = dir.join("config.json");
+    let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     LlamaConfig::from_hf_json(&text).map_err(|e| MemtuneError::BadCheckpoint { path, msg: e.to_string() }.into())
 }
@@ -89,7 +90,7 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
     let dir = &resolve_model_dir(dir)?;
     check_model_dir(dir)?;
     let cfg = load_config(dir)?;
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
+    let tokenizer = Tokenizer::from_file(dir.join(TOKENIZER_FILE))?;
     let tensors = super::params::load_safetensors(&weight_files(dir)?, device)?;
     let names: Vec<String> = tensors.keys().cloned().collect();
     let store = ParamStore::new();
@@ -136,7 +137,7 @@ pub fn resolve_model_dir(arg: &Path) -> Result<PathBuf> {
 pub fn resolve_model_dir_in(arg: &Path, cache_root: &Path) -> Result<PathBuf> {
     if arg.exists() {
         let ck = arg.join("checkpoint");
-        return Ok(if !arg.join("config.json").exists() && ck.join("config.json").exists() { ck } else { arg.to_path_buf() });
+        return Ok(if !arg.join(CONFIG_FILE).exists() && ck.join(CONFIG_FILE).exists() { ck } else { arg.to_path_buf() });
     }
     let Some(repo) = arg.to_str().and_then(hub_cache::RepoRef::parse) else {
         return Ok(arg.to_path_buf());

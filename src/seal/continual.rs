@@ -1,4 +1,4 @@
-//! Continual SEAL (issue 6 item 6): passages learned one after another, each update merged into
+//! Continual SEAL (docs/design.md, "SEAL"): passages learned one after another, each update merged into
 //! the weights the next one starts from, and a retention matrix acc[i][j] = closed-book accuracy
 //! on passage i after update j. Compared across inner-loop methods (LoRA vs sparse memory): SEAL's
 //! known weakness is forgetting under sequential self-edits.

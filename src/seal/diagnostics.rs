@@ -1,4 +1,4 @@
-//! Diagnostics printed with every run (issue 6 item 5): open-book accuracy (the questions
+//! Diagnostics printed with every SEAL run: open-book accuracy (the questions
 //! answered with the passage in the prompt: the ceiling of what a self-edit can carry), the
 //! fraction of gold answers that appear in the self-edits, and self-edit length.
 

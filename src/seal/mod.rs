@@ -5,6 +5,7 @@ pub mod continual;
 pub mod diagnostics;
 pub mod inner;
 pub mod passages;
+pub mod report;
 pub mod rest_em;
 pub mod run;
 pub mod self_edit;

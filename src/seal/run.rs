@@ -1,4 +1,4 @@
-//! `memtune seal`: the whole experiment (docs/design.md, "SEAL", issue 6).
+//! `memtune seal`: the whole experiment (docs/design.md, "SEAL").
 //!
 //! 1. The student (the model self-edits update): `seal.model`, or the experiment's own model
 //!    pretrained on the synthetic world (reused by config hash, as `bench forgetting` does). The
@@ -17,8 +17,10 @@
 
 use super::continual::{continual, Retention};
 use super::diagnostics::{edit_diagnostics, open_book, EditDiagnostics};
-use super::inner::{closed_book, model_over, reward, InnerSettings, QaScores, Repeats, Student};
+use super::inner::{closed_book, model_over, reward, InnerSettings, QaScores, Repeats, Reward, Student};
 use super::passages::{split_passages, Passage};
+use super::report::{render_markdown, sft_losses, summary_line};
+pub use super::report::{Diagnostics, RoundReport, SummaryLine};
 use super::rest_em::{select, sft_batches, sft_generator, sft_pair, SftStep};
 use super::self_edit::{sample_self_edits, training_sequences, SampleOptions, SelfEdit};
 use super::templates::{ChatFormat, QaFormat, Template};
@@ -27,33 +29,13 @@ use crate::data::synthetic::Split;
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::metrics::mean_stderr;
 use crate::model::{Llama, LlamaConfig, ParamStore};
-use crate::train::base_model::{load_base, pretrained_base, Base};
+use crate::train::model_dir::{load_base, pretrained_base, Base};
 use crate::util::stable_hash;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// One line of `summary.jsonl`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SummaryLine {
-    /// `no-update`, `passage-only`, `base-self-edits` or `round-N`.
-    pub condition: String,
-    /// The inner-loop method (`lora`, `full`, `sparse-memory`; `none` for no-update).
-    pub inner_method: String,
-    pub seed: u64,
-    pub n_passages: usize,
-    pub n_questions: usize,
-    /// Closed-book exact match on the eval passages' questions after the update, its standard
-    /// error over questions; token F1; the fraction of answers that contain a gold answer.
-    pub em: f64,
-    pub em_stderr: f64,
-    pub f1: f64,
-    pub f1_stderr: f64,
-    pub contains: f64,
-    pub contains_stderr: f64,
-}
 
 /// One line of `self_edits.jsonl`: a self-edit and what training on it did.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -82,32 +64,6 @@ pub struct SelfEditRecord {
     /// ReST-EM rounds only: whether the filter kept it for SFT.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kept: Option<bool>,
-}
-
-/// What one ReST-EM round did.
-#[derive(Clone, Debug, Serialize)]
-pub struct RoundReport {
-    pub round: usize,
-    pub passages: usize,
-    pub kept: usize,
-    pub mean_best_reward: f64,
-    pub mean_passage_only_reward: f64,
-    pub sft_first_loss: f32,
-    pub sft_last_loss: f32,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Diagnostics {
-    pub open_book_em: f64,
-    pub open_book_em_stderr: f64,
-    pub open_book_f1: f64,
-    pub open_book_contains: f64,
-    pub self_edits: Vec<EditDiagnostics>,
-    pub rounds: Vec<RoundReport>,
-    /// Mean wall seconds of one inner update with its closed-book QA, and of sampling k
-    /// self-edits for one passage.
-    pub inner_update_seconds: f64,
-    pub sampling_seconds_per_passage: f64,
 }
 
 pub struct SealOutcome {
@@ -157,6 +113,19 @@ struct Generator {
 }
 
 impl Generator {
+    /// A copy of the student (sharing its storage: ReST-EM's SFT trains copies,
+    /// `methods::prepare`), or `seal.teacher`.
+    fn new(base: &Base, seal: &SealConfig, qa: &QaFormat, device: &Device) -> Result<Self> {
+        if seal.teacher.is_empty() {
+            let store = base.store.copy_on_write(|_| false)?;
+            let model = model_over(&base.model_cfg, &store, device)?;
+            return Ok(Generator { cfg: base.model_cfg.clone(), store, model, tok: base.tokenizer.clone(), chat: qa.chat.clone() });
+        }
+        let t = load_base(Path::new(&seal.teacher), device).with_context(|| format!("seal.teacher = {}", seal.teacher))?;
+        let chat = ChatFormat::resolve(seal.chat, &t.dir)?;
+        Ok(Generator { cfg: t.model_cfg, store: t.store, model: t.model, tok: t.tokenizer, chat })
+    }
+
     fn end_token(&self) -> u32 {
         self.chat.end_token().and_then(|t| self.tok.token_to_id(t)).unwrap_or(self.tok.eos_id())
     }
@@ -178,27 +147,6 @@ impl Generator {
             seed: stable_hash(&[&s.seed.to_le_bytes(), p.id.as_bytes(), purpose.as_bytes()]),
         };
         sample_self_edits(&self.model, &self.tok, &self.prompt(t, p), &o)
-    }
-}
-
-fn summary_line(condition: &str, method: &str, seed: u64, per_passage: &[QaScores]) -> SummaryLine {
-    let mut all = QaScores::default();
-    per_passage.iter().for_each(|s| all.extend(s.clone()));
-    let (em, em_stderr) = mean_stderr(&all.em);
-    let (f1, f1_stderr) = mean_stderr(&all.f1);
-    let (contains, contains_stderr) = mean_stderr(&all.contains);
-    SummaryLine {
-        condition: condition.into(),
-        inner_method: method.into(),
-        seed,
-        n_passages: per_passage.len(),
-        n_questions: all.em.len(),
-        em,
-        em_stderr,
-        f1,
-        f1_stderr,
-        contains,
-        contains_stderr,
     }
 }
 
@@ -234,56 +182,276 @@ impl Writer {
     }
 }
 
-/// Rewards of the self-edits of one passage with one inner method; written to `edits_out`.
-#[allow(clippy::too_many_arguments)]
-fn score_edits(
-    st: &Student,
-    s: &InnerSettings,
-    qa: &QaFormat,
-    t: &Template,
-    p: &Passage,
-    edits: &[SelfEdit],
-    before: &QaScores,
-    seal: &SealConfig,
-    condition: &str,
-    edits_out: &mut Writer,
-    timings: &Timings,
-) -> Result<(Vec<super::inner::Reward>, Vec<SelfEditRecord>)> {
-    let mut rewards = vec![];
-    let mut records = vec![];
-    for (i, e) in edits.iter().enumerate() {
-        let seqs = training_sequences(&e.text, t.split, &p.context);
-        let r = Timings::time(&timings.inner, seal.repeats, || {
-            reward(st, s, qa, p, &seqs, before, Repeats { n: seal.repeats, seed: seal.seed, candidate: i + 1 })
-        })?;
-        records.push(SelfEditRecord {
-            condition: condition.into(),
-            inner_method: s.ft.method.name().into(),
-            passage_id: p.id.clone(),
-            title: p.title.clone(),
-            sample: i,
-            self_edit: e.text.clone(),
-            n_tokens: e.n_tokens,
-            sequences: seqs.len(),
-            em_before: r.before.em,
-            em_after: r.after_mean.em,
-            f1_before: r.before.f1,
-            f1_after: r.after_mean.f1,
-            contains_before: r.before.contains,
-            contains_after: r.after_mean.contains,
-            reward_em: r.gain.em,
-            reward_f1: r.gain.f1,
-            reward_contains: r.gain.contains,
-            kept: None,
-        });
-        rewards.push(r);
+/// What every inner update of a run shares: the student, how questions are asked, the self-edit
+/// template, the SEAL settings, and the clock of the costly steps.
+struct Scorer<'a> {
+    student: Student<'a>,
+    qa: &'a QaFormat,
+    template: &'a Template,
+    seal: &'a SealConfig,
+    timings: &'a Timings,
+}
+
+impl Scorer<'_> {
+    /// The reward of training on `seqs` for passage `p` (`candidate` 0: the passage alone).
+    fn reward(&self, s: &InnerSettings, p: &Passage, seqs: &[String], before: &QaScores, candidate: usize) -> Result<Reward> {
+        let seal = self.seal;
+        Timings::time(&self.timings.inner, seal.repeats, || {
+            reward(&self.student, s, self.qa, p, seqs, before, Repeats { n: seal.repeats, seed: seal.seed, candidate })
+        })
     }
-    if !condition.starts_with("train-") {
-        for rec in &records {
-            edits_out.line(rec)?;
+
+    /// The reward of training on the passage alone.
+    fn passage_only(&self, s: &InnerSettings, p: &Passage, before: &QaScores) -> Result<Reward> {
+        self.reward(s, p, std::slice::from_ref(&p.context), before, 0)
+    }
+
+    /// Rewards of the self-edits of one passage with one inner method, and their records (written
+    /// to `edits_out` unless the condition is one of ReST-EM's own `train-` passages).
+    fn edits(
+        &self,
+        s: &InnerSettings,
+        (p, edits, before): (&Passage, &[SelfEdit], &QaScores),
+        condition: &str,
+        edits_out: &mut Writer,
+    ) -> Result<(Vec<Reward>, Vec<SelfEditRecord>)> {
+        let mut rewards = vec![];
+        let mut records = vec![];
+        for (i, e) in edits.iter().enumerate() {
+            let seqs = training_sequences(&e.text, self.template.split, &p.context);
+            let r = self.reward(s, p, &seqs, before, i + 1)?;
+            records.push(SelfEditRecord {
+                condition: condition.into(),
+                inner_method: s.ft.method.name().into(),
+                passage_id: p.id.clone(),
+                title: p.title.clone(),
+                sample: i,
+                self_edit: e.text.clone(),
+                n_tokens: e.n_tokens,
+                sequences: seqs.len(),
+                em_before: r.before.em,
+                em_after: r.after_mean.em,
+                f1_before: r.before.f1,
+                f1_after: r.after_mean.f1,
+                contains_before: r.before.contains,
+                contains_after: r.after_mean.contains,
+                reward_em: r.gain.em,
+                reward_f1: r.gain.f1,
+                reward_contains: r.gain.contains,
+                kept: None,
+            });
+            rewards.push(r);
         }
+        if !condition.starts_with("train-") {
+            for rec in &records {
+                edits_out.line(rec)?;
+            }
+        }
+        Ok((rewards, records))
     }
-    Ok((rewards, records))
+}
+
+/// The files a run appends to as it goes, and the summary so far.
+struct Log {
+    summary_out: Writer,
+    edits_out: Writer,
+    summary: Vec<SummaryLine>,
+}
+
+impl Log {
+    fn push(&mut self, l: SummaryLine) -> Result<()> {
+        tracing::info!(
+            "{} ({}): EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3} ± {:.3} on {} questions",
+            l.condition,
+            l.inner_method,
+            l.em,
+            l.em_stderr,
+            l.f1,
+            l.contains,
+            l.contains_stderr,
+            l.n_questions
+        );
+        self.summary_out.line(&l)?;
+        self.summary.push(l);
+        Ok(())
+    }
+}
+
+/// One condition on the eval passages: the generator's self-edits for each (sampled once), scored
+/// with every inner method; `passage_only` also scores the passage alone first (the base
+/// condition). Returns the self-edits.
+#[allow(clippy::too_many_arguments)]
+fn eval_condition(
+    sc: &Scorer,
+    generator: &Generator,
+    settings: &InnerSettings,
+    (condition, round): (&str, usize),
+    (eval, before): (&[Passage], &[QaScores]),
+    passage_only: bool,
+    log: &mut Log,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Vec<Vec<SelfEdit>>, EditDiagnostics)> {
+    let seal = sc.seal;
+    let edits: Vec<Vec<SelfEdit>> = eval
+        .iter()
+        .map(|p| {
+            bar.inc(1);
+            generator.sample(sc.template, p, seal, &format!("eval round {round}"), sc.timings)
+        })
+        .collect::<Result<_>>()?;
+    let diag = edit_diagnostics(condition, &eval.iter().zip(&edits).map(|(p, e)| (p, e.as_slice())).collect::<Vec<_>>());
+    for &m in &seal.inner_methods {
+        let s = settings.with_method(m);
+        let mut po = vec![];
+        let mut se = vec![];
+        for (i, p) in eval.iter().enumerate() {
+            if passage_only {
+                bar.set_message(format!("{} passage {i}", m.name()));
+                po.push(sc.passage_only(&s, p, &before[i])?.after);
+                bar.inc(1);
+            }
+            let (rs, _) = sc.edits(&s, (p, &edits[i], &before[i]), condition, &mut log.edits_out)?;
+            se.push(QaScores::average(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
+            bar.inc(1);
+        }
+        if passage_only {
+            log.push(summary_line("passage-only", m.name(), seal.seed, &po))?;
+        }
+        log.push(summary_line(condition, m.name(), seal.seed, &se))?;
+    }
+    Ok((edits, diag))
+}
+
+/// One ReST-EM round on its own passages: sample k self-edits each, reward them with the first
+/// inner method, keep what the filter picks and finetune the generator on it.
+fn rest_em_round(
+    sc: &Scorer,
+    generator: &mut Generator,
+    reward_settings: &InnerSettings,
+    (round, passages): (usize, &[Passage]),
+    cfg: &ExperimentConfig,
+    log: &mut Log,
+    bar: &indicatif::ProgressBar,
+) -> Result<RoundReport> {
+    let seal = sc.seal;
+    let st = &sc.student;
+    let mut pairs = vec![];
+    let (mut best_sum, mut po_sum) = (0.0, 0.0);
+    let train_condition = format!("train-round-{round}");
+    for p in passages {
+        let before_p = closed_book(st.model, st.tok, sc.qa, p)?;
+        let edits = generator.sample(sc.template, p, seal, &format!("train round {round}"), sc.timings)?;
+        let po = sc.passage_only(reward_settings, p, &before_p)?.gain.of(seal.metric);
+        let (rs, mut recs) = sc.edits(reward_settings, (p, &edits, &before_p), &train_condition, &mut log.edits_out)?;
+        let gains: Vec<f64> = rs.iter().map(|r| r.gain.of(seal.metric)).collect();
+        let kept = select(&gains, po, seal.filter);
+        for (i, rec) in recs.iter_mut().enumerate() {
+            rec.kept = Some(kept.contains(&i));
+            log.edits_out.line(rec)?;
+        }
+        best_sum += gains.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        po_sum += po;
+        for &i in &kept {
+            pairs.push(sft_pair(
+                &generator.tok,
+                &generator.prompt(sc.template, p),
+                &edits[i].text,
+                generator.end_token(),
+                generator.cfg.max_position_embeddings,
+            )?);
+        }
+        bar.inc(1);
+    }
+    let (mut first, mut last) = (f32::NAN, f32::NAN);
+    if !pairs.is_empty() {
+        let batches = sft_batches(&pairs, generator.tok.eos_id(), seal.sft_batch_size, seal.sft_epochs, seal.seed + round as u64)?;
+        let (store, f, l) = sft_generator(
+            &generator.cfg,
+            &generator.store,
+            &generator.model,
+            &cfg.finetune,
+            SftStep { method: seal.sft_method, lr: seal.sft_lr, seed: seal.seed + round as u64 },
+            batches,
+        )?;
+        generator.model = model_over(&generator.cfg, &store, generator.model.device())?;
+        generator.store = store;
+        (first, last) = (f, l);
+    }
+    let n = passages.len().max(1) as f64;
+    let rep = RoundReport {
+        round,
+        passages: passages.len(),
+        kept: pairs.len(),
+        mean_best_reward: best_sum / n,
+        mean_passage_only_reward: po_sum / n,
+        sft_first_loss: first,
+        sft_last_loss: last,
+    };
+    tracing::info!(
+        "ReST-EM round {round}: kept {} self-edits of {} passages (mean best reward {:.3}, passage-only {:.3}); {}",
+        rep.kept,
+        rep.passages,
+        rep.mean_best_reward,
+        rep.mean_passage_only_reward,
+        sft_losses(first, last)
+    );
+    if pairs.is_empty() {
+        tracing::warn!("ReST-EM round {round}: the filter `{:?}` kept no self-edit, so the generator is unchanged", seal.filter);
+    }
+    Ok(rep)
+}
+
+/// The passages of `seal.data` (a SQuAD file), or the synthetic world's SEAL split, each cut to
+/// `seal.questions_per_passage` questions.
+fn load_passages(seal: &SealConfig, base: &Base) -> Result<Vec<Passage>> {
+    let all = if seal.data.is_empty() {
+        let w = base.world.as_ref().context("seal.data is empty (the synthetic world's SEAL split) but the model was not trained on the synthetic world: set seal.data to a SQuAD file")?;
+        Passage::from_world(w, Split::Seal)
+    } else {
+        Passage::from_squad(Path::new(&seal.data))?
+    };
+    Ok(all.into_iter().map(|p| p.limit_questions(seal.questions_per_passage)).collect())
+}
+
+/// Continual SEAL (step 4 of the module doc): the first `continual_passages` eval passages in
+/// sequence, each with its training sequences, per `continual_methods`; the retention matrices
+/// are written into `out`.
+fn continual_seal(
+    sc: &Scorer,
+    settings: &InnerSettings,
+    eval: &[Passage],
+    base_edits: &[Vec<SelfEdit>],
+    out: &Path,
+) -> Result<Vec<Retention>> {
+    let seal = sc.seal;
+    let mut retention = vec![];
+    if seal.continual_passages == 0 {
+        return Ok(retention);
+    }
+    let n = seal.continual_passages.min(eval.len());
+    let seqs: Vec<Vec<String>> = (0..n)
+        .map(|i| match seal.continual_edits {
+            ContinualEdits::Generated => {
+                training_sequences(&base_edits[i].first().map(|e| e.text.clone()).unwrap_or_default(), sc.template.split, &eval[i].context)
+            }
+            ContinualEdits::Oracle => oracle_sequences(&eval[i], sc.qa),
+        })
+        .collect();
+    for &m in &seal.continual_methods {
+        let bar = crate::util::progress_bar(&format!("continual {}", m.name()), n);
+        let r = continual(&sc.student, &settings.with_method(m), sc.qa, seal.metric, &eval[..n], &seqs, seal.seed, |_| bar.inc(1))?;
+        bar.finish_and_clear();
+        tracing::info!(
+            "continual {}: newest passage {:.3}, earlier passages after the last update {:.3}",
+            m.name(),
+            r.newest(),
+            r.earlier_after_last()
+        );
+        retention.push(r);
+    }
+    crate::io::atomic::write_atomic(&out.join("retention.json"), serde_json::to_string_pretty(&retention)?.as_bytes())?;
+    super::continual::plot(&out.join("retention"), &retention)?;
+    Ok(retention)
 }
 
 /// Run the experiment of `cfg` (see the module doc).
@@ -310,27 +478,12 @@ pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<SealOutcome> {
         background: base.background.as_ref(),
     };
     let qa = QaFormat::from_config(seal, ChatFormat::resolve(seal.chat, &base.dir)?);
-    let mut generator = if seal.teacher.is_empty() {
-        // Shares the student's storage: ReST-EM's SFT trains copies (`methods::prepare`).
-        let store = base.store.copy_on_write(|_| false)?;
-        let model = model_over(&base.model_cfg, &store, device)?;
-        Generator { cfg: base.model_cfg.clone(), store, model, tok: base.tokenizer.clone(), chat: qa.chat.clone() }
-    } else {
-        let t = load_base(Path::new(&seal.teacher), device).with_context(|| format!("seal.teacher = {}", seal.teacher))?;
-        let chat = ChatFormat::resolve(seal.chat, &t.dir)?;
-        Generator { cfg: t.model_cfg, store: t.store, model: t.model, tok: t.tokenizer, chat }
-    };
+    let mut generator = Generator::new(&base, seal, &qa, device)?;
     let template = Template::from_config(seal)?;
     let settings = InnerSettings { ft: cfg.finetune.clone(), epochs: seal.inner_epochs, batch_size: seal.inner_batch_size };
 
     // 2. Passages.
-    let all = if seal.data.is_empty() {
-        let w = base.world.as_ref().context("seal.data is empty (the synthetic world's SEAL split) but the model was not trained on the synthetic world: set seal.data to a SQuAD file")?;
-        Passage::from_world(w, Split::Seal)
-    } else {
-        Passage::from_squad(Path::new(&seal.data))?
-    };
-    let all: Vec<Passage> = all.into_iter().map(|p| p.limit_questions(seal.questions_per_passage)).collect();
+    let all = load_passages(seal, &base)?;
     let split = split_passages(all, seal.eval_passages, seal.train_passages, seal.rounds, seal.seed)?;
     let eval = &split.eval;
     let out = out_dir(cfg);
@@ -344,29 +497,17 @@ pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<SealOutcome> {
         seal.train_passages
     );
 
-    let mut summary_out = Writer::create(&out.join("summary.jsonl"))?;
-    let mut edits_out = Writer::create(&out.join("self_edits.jsonl"))?;
-    let mut summary = vec![];
-    let mut push = |l: SummaryLine, w: &mut Writer| -> Result<()> {
-        tracing::info!(
-            "{} ({}): EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3} ± {:.3} on {} questions",
-            l.condition,
-            l.inner_method,
-            l.em,
-            l.em_stderr,
-            l.f1,
-            l.contains,
-            l.contains_stderr,
-            l.n_questions
-        );
-        w.line(&l)?;
-        summary.push(l);
-        Ok(())
+    let mut log = Log {
+        summary_out: Writer::create(&out.join("summary.jsonl"))?,
+        edits_out: Writer::create(&out.join("self_edits.jsonl"))?,
+        summary: vec![],
     };
+    let timings = Timings::default();
+    let sc = Scorer { student, qa: &qa, template: &template, seal, timings: &timings };
 
     // 3. No update, and the diagnostics of the student itself.
     let before: Vec<QaScores> = eval.iter().map(|p| closed_book(&base.model, &base.tokenizer, &qa, p)).collect::<Result<_>>()?;
-    push(summary_line("no-update", "none", seal.seed, &before), &mut summary_out)?;
+    log.push(summary_line("no-update", "none", seal.seed, &before))?;
     let ob = open_book(&base.model, &base.tokenizer, &qa, eval)?;
     let (ob_em, ob_se) = mean_stderr(&ob.em);
     tracing::info!(
@@ -376,206 +517,27 @@ pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<SealOutcome> {
         ob.mean(AnswerMetric::F1),
         ob.mean(AnswerMetric::Contains)
     );
-    let mut edit_diags = vec![];
-    let timings = Timings::default();
 
     // Passage only, and base self-edits.
     let bar = crate::util::progress_bar("seal base", eval.len() * (1 + seal.inner_methods.len() * 2));
-    let base_edits: Vec<Vec<SelfEdit>> = eval
-        .iter()
-        .map(|p| {
-            bar.inc(1);
-            generator.sample(&template, p, seal, "eval round 0", &timings)
-        })
-        .collect::<Result<_>>()?;
-    edit_diags.push(edit_diagnostics("base-self-edits", &eval.iter().zip(&base_edits).map(|(p, e)| (p, e.as_slice())).collect::<Vec<_>>()));
-    for &m in &seal.inner_methods {
-        let s = settings.with_method(m);
-        let mut po = vec![];
-        let mut se = vec![];
-        for (i, p) in eval.iter().enumerate() {
-            bar.set_message(format!("{} passage {i}", m.name()));
-            po.push(
-                Timings::time(&timings.inner, seal.repeats, || {
-                    reward(
-                        &student,
-                        &s,
-                        &qa,
-                        p,
-                        std::slice::from_ref(&p.context),
-                        &before[i],
-                        Repeats { n: seal.repeats, seed: seal.seed, candidate: 0 },
-                    )
-                })?
-                .after,
-            );
-            bar.inc(1);
-            let (rs, _) = score_edits(
-                &student,
-                &s,
-                &qa,
-                &template,
-                p,
-                &base_edits[i],
-                &before[i],
-                seal,
-                "base-self-edits",
-                &mut edits_out,
-                &timings,
-            )?;
-            se.push(QaScores::average(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
-            bar.inc(1);
-        }
-        push(summary_line("passage-only", m.name(), seal.seed, &po), &mut summary_out)?;
-        push(summary_line("base-self-edits", m.name(), seal.seed, &se), &mut summary_out)?;
-    }
+    let (base_edits, diag) = eval_condition(&sc, &generator, &settings, ("base-self-edits", 0), (eval, &before), true, &mut log, &bar)?;
+    let mut edit_diags = vec![diag];
     bar.finish_and_clear();
 
-    // ReST-EM rounds.
+    // ReST-EM rounds, each followed by its condition on the eval passages.
     let mut rounds = vec![];
     let reward_settings = settings.with_method(seal.inner_methods[0]);
     for (ri, passages) in split.rounds.iter().enumerate() {
         let round = ri + 1;
         let bar = crate::util::progress_bar(&format!("seal round {round}"), passages.len() + eval.len() * (1 + seal.inner_methods.len()));
-        let mut pairs = vec![];
-        let (mut best_sum, mut po_sum) = (0.0, 0.0);
-        let train_condition = format!("train-round-{round}");
-        for p in passages {
-            let before_p = closed_book(&base.model, &base.tokenizer, &qa, p)?;
-            let edits = generator.sample(&template, p, seal, &format!("train round {round}"), &timings)?;
-            let po = Timings::time(&timings.inner, seal.repeats, || {
-                reward(
-                    &student,
-                    &reward_settings,
-                    &qa,
-                    p,
-                    std::slice::from_ref(&p.context),
-                    &before_p,
-                    Repeats { n: seal.repeats, seed: seal.seed, candidate: 0 },
-                )
-            })?
-            .gain
-            .of(seal.metric);
-            let (rs, mut recs) = score_edits(
-                &student,
-                &reward_settings,
-                &qa,
-                &template,
-                p,
-                &edits,
-                &before_p,
-                seal,
-                &train_condition,
-                &mut edits_out,
-                &timings,
-            )?;
-            let gains: Vec<f64> = rs.iter().map(|r| r.gain.of(seal.metric)).collect();
-            let kept = select(&gains, po, seal.filter);
-            for (i, rec) in recs.iter_mut().enumerate() {
-                rec.kept = Some(kept.contains(&i));
-                edits_out.line(rec)?;
-            }
-            best_sum += gains.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            po_sum += po;
-            for &i in &kept {
-                pairs.push(sft_pair(
-                    &generator.tok,
-                    &generator.prompt(&template, p),
-                    &edits[i].text,
-                    generator.end_token(),
-                    generator.cfg.max_position_embeddings,
-                )?);
-            }
-            bar.inc(1);
-        }
-        let (mut first, mut last) = (f32::NAN, f32::NAN);
-        if !pairs.is_empty() {
-            let batches = sft_batches(&pairs, generator.tok.eos_id(), seal.sft_batch_size, seal.sft_epochs, seal.seed + round as u64)?;
-            let (store, f, l) = sft_generator(
-                &generator.cfg,
-                &generator.store,
-                &generator.model,
-                &cfg.finetune,
-                SftStep { method: seal.sft_method, lr: seal.sft_lr, seed: seal.seed + round as u64 },
-                batches,
-            )?;
-            generator.model = model_over(&generator.cfg, &store, device)?;
-            generator.store = store;
-            (first, last) = (f, l);
-        }
-        let n = passages.len().max(1) as f64;
-        let rep = RoundReport {
-            round,
-            passages: passages.len(),
-            kept: pairs.len(),
-            mean_best_reward: best_sum / n,
-            mean_passage_only_reward: po_sum / n,
-            sft_first_loss: first,
-            sft_last_loss: last,
-        };
-        tracing::info!(
-            "ReST-EM round {round}: kept {} self-edits of {} passages (mean best reward {:.3}, passage-only {:.3}); {}",
-            rep.kept,
-            rep.passages,
-            rep.mean_best_reward,
-            rep.mean_passage_only_reward,
-            sft_losses(first, last)
-        );
-        if pairs.is_empty() {
-            tracing::warn!("ReST-EM round {round}: the filter `{:?}` kept no self-edit, so the generator is unchanged", seal.filter);
-        }
-        rounds.push(rep);
-
+        rounds.push(rest_em_round(&sc, &mut generator, &reward_settings, (round, passages), cfg, &mut log, &bar)?);
         let condition = format!("round-{round}");
-        let edits: Vec<Vec<SelfEdit>> = eval
-            .iter()
-            .map(|p| {
-                bar.inc(1);
-                generator.sample(&template, p, seal, &format!("eval round {round}"), &timings)
-            })
-            .collect::<Result<_>>()?;
-        edit_diags.push(edit_diagnostics(&condition, &eval.iter().zip(&edits).map(|(p, e)| (p, e.as_slice())).collect::<Vec<_>>()));
-        for &m in &seal.inner_methods {
-            let s = settings.with_method(m);
-            let mut se = vec![];
-            for (i, p) in eval.iter().enumerate() {
-                let (rs, _) =
-                    score_edits(&student, &s, &qa, &template, p, &edits[i], &before[i], seal, &condition, &mut edits_out, &timings)?;
-                se.push(QaScores::average(&rs.iter().map(|r| r.after.clone()).collect::<Vec<_>>()));
-                bar.inc(1);
-            }
-            push(summary_line(&condition, m.name(), seal.seed, &se), &mut summary_out)?;
-        }
+        let (_, diag) = eval_condition(&sc, &generator, &settings, (&condition, round), (eval, &before), false, &mut log, &bar)?;
+        edit_diags.push(diag);
         bar.finish_and_clear();
     }
-
     // 4. Continual SEAL.
-    let mut retention = vec![];
-    if seal.continual_passages > 0 {
-        let n = seal.continual_passages.min(eval.len());
-        let seqs: Vec<Vec<String>> = (0..n)
-            .map(|i| match seal.continual_edits {
-                ContinualEdits::Generated => {
-                    training_sequences(&base_edits[i].first().map(|e| e.text.clone()).unwrap_or_default(), template.split, &eval[i].context)
-                }
-                ContinualEdits::Oracle => oracle_sequences(&eval[i], &qa),
-            })
-            .collect();
-        for &m in &seal.continual_methods {
-            let bar = crate::util::progress_bar(&format!("continual {}", m.name()), n);
-            let r = continual(&student, &settings.with_method(m), &qa, seal.metric, &eval[..n], &seqs, seal.seed, |_| bar.inc(1))?;
-            bar.finish_and_clear();
-            tracing::info!(
-                "continual {}: newest passage {:.3}, earlier passages after the last update {:.3}",
-                m.name(),
-                r.newest(),
-                r.earlier_after_last()
-            );
-            retention.push(r);
-        }
-        crate::io::atomic::write_atomic(&out.join("retention.json"), serde_json::to_string_pretty(&retention)?.as_bytes())?;
-        super::continual::plot(&out.join("retention"), &retention)?;
-    }
+    let retention = continual_seal(&sc, &settings, eval, &base_edits, &out)?;
 
     let diagnostics = Diagnostics {
         open_book_em: ob_em,
@@ -589,85 +551,7 @@ pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<SealOutcome> {
     };
     crate::io::atomic::write_atomic(&out.join("diagnostics.json"), serde_json::to_string_pretty(&diagnostics)?.as_bytes())?;
     let seconds = t_start.elapsed().as_secs_f64();
-    let table = render_markdown(cfg, &summary, &diagnostics, &retention, seconds);
+    let table = render_markdown(cfg, &log.summary, &diagnostics, &retention, seconds);
     crate::io::atomic::write_atomic(&out.join("results.md"), table.as_bytes())?;
-    Ok(SealOutcome { out, summary, diagnostics, retention, table, seconds })
-}
-
-fn render_markdown(cfg: &ExperimentConfig, summary: &[SummaryLine], d: &Diagnostics, retention: &[Retention], seconds: f64) -> String {
-    let s = &cfg.seal;
-    let source = if s.data.is_empty() { "the synthetic world's SEAL split".to_string() } else { s.data.clone() };
-    let mut md = format!(
-        "# SEAL\n\nPassages: {source}; template `{}`; k = {}, temperature {}, top-p {}, {} repeat(s); filter `{}`, {} round(s) of {} passages; wall time {:.0} s.\n\n",
-        s.template,
-        s.k,
-        s.temperature,
-        s.top_p,
-        s.repeats,
-        serde_json::to_value(s.filter).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-        s.rounds,
-        s.train_passages,
-        seconds
-    );
-    md.push_str(&format!(
-        "Rewards, ReST-EM's filter and the retention matrix use {}; \"contains\" = a gold answer occurs as whole words in the answer.\n\n",
-        s.metric.name()
-    ));
-    md.push_str("| condition | inner method | passages | questions | EM | ± stderr | F1 | ± stderr | contains | ± stderr |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for l in summary {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-            l.condition, l.inner_method, l.n_passages, l.n_questions, l.em, l.em_stderr, l.f1, l.f1_stderr, l.contains, l.contains_stderr
-        ));
-    }
-    md.push_str(&format!(
-        "\n## Diagnostics\n\nOpen-book (the passage in the prompt): EM {:.3} ± {:.3}, F1 {:.3}, contains {:.3}.\n\n",
-        d.open_book_em, d.open_book_em_stderr, d.open_book_f1, d.open_book_contains
-    ));
-    md.push_str(&format!(
-        "One inner update with its QA: {:.2} s; sampling k self-edits for a passage: {:.2} s.\n\n",
-        d.inner_update_seconds, d.sampling_seconds_per_passage
-    ));
-    md.push_str("| self-edits | n | gold answer in self-edit | mean length (tokens) |\n|---|---:|---:|---:|\n");
-    for e in &d.self_edits {
-        md.push_str(&format!(
-            "| {} | {} | {:.3} | {:.1} ± {:.1} |\n",
-            e.condition, e.n_self_edits, e.gold_answer_in_self_edit, e.mean_self_edit_tokens, e.self_edit_tokens_stderr
-        ));
-    }
-    if !d.rounds.is_empty() {
-        md.push_str("\n## ReST-EM rounds\n\n| round | passages | kept | mean best reward | mean passage-only reward | generator SFT |\n|---:|---:|---:|---:|---:|---|\n");
-        for r in &d.rounds {
-            md.push_str(&format!(
-                "| {} | {} | {} | {:.3} | {:.3} | {} |\n",
-                r.round,
-                r.passages,
-                r.kept,
-                r.mean_best_reward,
-                r.mean_passage_only_reward,
-                sft_losses(r.sft_first_loss, r.sft_last_loss)
-            ));
-        }
-    }
-    if !retention.is_empty() {
-        md.push('\n');
-        md.push_str(&super::continual::render_markdown(retention));
-        md.push_str(&format!(
-            "\nTrained on: each passage plus {}.\n",
-            match s.continual_edits {
-                ContinualEdits::Generated => "its first base self-edit",
-                ContinualEdits::Oracle => "its own questions and answers as Q/A lines (oracle self-edits)",
-            }
-        ));
-    }
-    md
-}
-
-/// The generator's SFT loss, first → last step, or why there was none.
-fn sft_losses(first: f32, last: f32) -> String {
-    if first.is_nan() {
-        "no SFT (nothing kept)".into()
-    } else {
-        format!("SFT loss {first:.3} → {last:.3}")
-    }
+    Ok(SealOutcome { out, summary: log.summary, diagnostics, retention, table, seconds })
 }

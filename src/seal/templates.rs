@@ -9,6 +9,7 @@
 //! around a marker, into a prefix and a suffix that every prompt is put between.
 
 use crate::config::{ChatMode, SealConfig};
+use crate::io::files::TOKENIZER_CONFIG_FILE;
 use crate::seal::passages::Passage;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -93,7 +94,7 @@ impl ChatFormat {
                 Some(t) => render_around_marker(&t.template, &t.bos, &t.eos).with_context(|| {
                     format!(
                         "{}: chat_template (set seal.chat = \"none\" or \"chatml\" to bypass it)",
-                        model_dir.join("tokenizer_config.json").display()
+                        model_dir.join(TOKENIZER_CONFIG_FILE).display()
                     )
                 })?,
             },
@@ -150,7 +151,7 @@ pub struct ModelChatTemplate {
 
 /// The `chat_template` of `<dir>/tokenizer_config.json` (with its bos/eos strings), if any.
 pub fn model_chat_template(dir: &Path) -> Result<Option<ModelChatTemplate>> {
-    let path = dir.join("tokenizer_config.json");
+    let path = dir.join(TOKENIZER_CONFIG_FILE);
     if !path.exists() {
         return Ok(None);
     }

@@ -12,6 +12,7 @@ use super::tfidf::{BackgroundIndex, BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
 use crate::config::{BackgroundConfig, DataSource, ExperimentConfig};
 use crate::data::synthetic::World;
 use crate::io::checkpoint::{Checkpoint, LoadedCheckpoint};
+use crate::io::files::EXPERIMENT_FILE;
 use crate::model::{Llama, ParamBuilder, ParamStore};
 use crate::MemtuneError;
 use anyhow::{Context, Result};
@@ -55,7 +56,7 @@ pub fn checkpoint_step(dir: &Path) -> Result<usize> {
 
 /// The experiment config a checkpoint was trained with.
 pub fn checkpoint_config(ck: &LoadedCheckpoint) -> Result<ExperimentConfig> {
-    ExperimentConfig::from_toml_str(&ck.meta.experiment_toml, &ck.dir.join("experiment.toml").display().to_string(), &[])
+    ExperimentConfig::from_toml_str(&ck.meta.experiment_toml, &ck.dir.join(EXPERIMENT_FILE).display().to_string(), &[])
 }
 
 /// Build the background index of the checkpoint in `ckpt_dir` (a memtune checkpoint folder, or a

@@ -89,14 +89,16 @@ pub fn prepare(
     };
     let hp = AdamWParams { beta1: ft.beta1, beta2: ft.beta2, eps: ft.eps };
     let memory = cfg.memory.as_ref().filter(|m| !m.layers.is_empty());
-    let train = |lr: f64, grad_clip: f64| TrainConfig {
-        lr,
-        grad_clip,
+    let c = ft.stream_settings(ft.method);
+    let train = TrainConfig {
+        lr: c.lr,
+        grad_clip: c.grad_clip,
         schedule: ScheduleKind::Constant,
         warmup_steps: 0,
         grad_accum: 1,
         ..Default::default()
     };
+    let stream = Stream { steps_per_fact: c.steps_per_fact, epochs: c.epochs, replay: c.replay, seed: ft.seed };
     Ok(match ft.method {
         MethodKind::SparseMemory => {
             let sm = &ft.sparse_memory;
@@ -106,16 +108,7 @@ pub fn prepare(
             let model = Llama::new(cfg, &ParamBuilder::existing(&store, device).with_precision(ft.precision).with_trainable(|_| false))?;
             let values: Box<dyn ValueUpdate> = Box::new(sparse_memory_update(sm, m.n_slots(), m.v_dim, hp, background.cloned(), ft.seed)?);
             let optimizer = Box::new(AdamW::new(&store, vec![], hp)?);
-            Prepared {
-                method: ft.method,
-                store,
-                model,
-                trainable: vec![],
-                optimizer,
-                values: Some(values),
-                train: train(sm.lr, sm.grad_clip),
-                stream: Stream { steps_per_fact: sm.steps_per_fact, epochs: sm.epochs, replay: sm.replay, seed: ft.seed },
-            }
+            Prepared { method: ft.method, store, model, trainable: vec![], optimizer, values: Some(values), train, stream }
         }
         MethodKind::Lora => {
             let lo = &ft.lora;
@@ -130,16 +123,7 @@ pub fn prepare(
                 bail!("LoRA: no linear layer matches finetune.lora.targets = {:?}", lo.targets);
             }
             let optimizer = Box::new(AdamW::new(&store, default_groups(&store, &names, lo.weight_decay), hp)?);
-            Prepared {
-                method: ft.method,
-                store,
-                model,
-                trainable: names,
-                optimizer,
-                values: None,
-                train: train(lo.lr, lo.grad_clip),
-                stream: Stream { steps_per_fact: lo.steps_per_fact, epochs: lo.epochs, replay: lo.replay, seed: ft.seed },
-            }
+            Prepared { method: ft.method, store, model, trainable: names, optimizer, values: None, train, stream }
         }
         MethodKind::Full => {
             let fu = &ft.full;
@@ -150,16 +134,7 @@ pub fn prepare(
                 let rowwise = m.value_optimizer.resolve(m.n_slots()) == ValueOptimizerKind::AdamwRowwise;
                 Box::new(LazyAdamW::new(m.n_slots(), m.v_dim, fu.value_lr.unwrap_or(fu.lr), hp, 0.0, rowwise)) as Box<dyn ValueUpdate>
             });
-            Prepared {
-                method: ft.method,
-                store,
-                model,
-                trainable: names,
-                optimizer,
-                values,
-                train: train(fu.lr, fu.grad_clip),
-                stream: Stream { steps_per_fact: fu.steps_per_fact, epochs: fu.epochs, replay: fu.replay, seed: ft.seed },
-            }
+            Prepared { method: ft.method, store, model, trainable: names, optimizer, values, train, stream }
         }
     })
 }

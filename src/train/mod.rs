@@ -2,8 +2,9 @@
 //! training loop.
 
 pub mod background;
-pub mod base_model;
+pub mod facts;
 pub mod methods;
+pub mod model_dir;
 pub mod optim;
 pub mod pretrain;
 pub mod progress;

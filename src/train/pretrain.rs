@@ -10,6 +10,8 @@ use crate::data::batches::{BatchSource, DataPosition, SyntheticStream, TextCorpu
 use crate::data::synthetic::World;
 use crate::data::tokenizer::Tokenizer;
 use crate::io::checkpoint::{Checkpoint, CheckpointMeta, OPTIMIZER_FILE};
+use crate::io::files::{METRICS_FILE, TOKENIZER_FILE};
+use crate::model::memory::{is_addressing_param, is_memory_param};
 use crate::model::{Llama, ParamBuilder, ParamStore};
 use crate::MemtuneError;
 use anyhow::{Context, Result};
@@ -29,7 +31,7 @@ pub struct PretrainOutcome {
 
 /// The tokenizer for a run: the configured file, the run directory's, or one trained on the corpus.
 pub fn run_tokenizer(cfg: &ExperimentConfig, dir: &Path, world: Option<&World>) -> Result<Tokenizer> {
-    let in_run = dir.join("tokenizer.json");
+    let in_run = dir.join(TOKENIZER_FILE);
     let tok = if in_run.exists() {
         Tokenizer::from_file(&in_run)?
     } else if !cfg.data.tokenizer.is_empty() {
@@ -103,7 +105,7 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
     let world = matches!(cfg.data.source, DataSource::Synthetic).then(|| World::generate(&cfg.data.world));
     let tok = run_tokenizer(cfg, &dir, world.as_ref())?;
-    tok.save(dir.join("tokenizer.json"))?;
+    tok.save(dir.join(TOKENIZER_FILE))?;
 
     let store = ParamStore::new();
     let (model, optimizer, values, start, pos) = if resume {
@@ -140,7 +142,7 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
         (model, opt, value_update_from_config(&cfg.model, &cfg.train), 0, None)
     };
     let mut source = training_stream(cfg, world.as_ref(), &tok, cfg.train.seed, pos.as_ref())?;
-    let metrics_path = dir.join("metrics.jsonl");
+    let metrics_path = dir.join(METRICS_FILE);
     truncate_metrics_after(&metrics_path, start)?;
     let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
 
@@ -159,7 +161,7 @@ pub fn run_until(cfg: &ExperimentConfig, resume: bool, stop_after: Option<usize>
             trainer: serde_json::json!({ "data_position": source.position() }),
             model_config: cfg.model.to_hf_json(),
             experiment_toml: cfg.to_toml(),
-            extra_files: [("tokenizer.json".to_string(), tok.to_json_bytes()?)].into(),
+            extra_files: [(TOKENIZER_FILE.to_string(), tok.to_json_bytes()?)].into(),
             ..Default::default()
         };
         let mut state = opt.state_tensors()?;
@@ -246,7 +248,7 @@ pub fn with_init_model(cfg: &ExperimentConfig) -> Result<ExperimentConfig> {
             cfg.train.seq_len
         );
         if cfg.data.tokenizer.is_empty() {
-            out.data.tokenizer = dir.join("tokenizer.json").display().to_string();
+            out.data.tokenizer = dir.join(TOKENIZER_FILE).display().to_string();
         }
     }
     if cfg.init.trainable != crate::config::InitTrainable::All && out.model.memory.as_ref().is_none_or(|m| m.layers.is_empty()) {
@@ -263,13 +265,8 @@ fn trainable_filter(cfg: &ExperimentConfig) -> impl Fn(&str) -> bool + Send + Sy
     move |name: &str| match mode {
         InitTrainable::All => true,
         InitTrainable::Memory => is_memory_param(name),
-        InitTrainable::MemoryValues => is_memory_param(name) && !name.contains(".memory.query.") && !name.ends_with(".memory.keys"),
+        InitTrainable::MemoryValues => is_memory_param(name) && !is_addressing_param(name),
     }
-}
-
-/// A parameter of a memory layer (`model.layers.N.memory.*`) or the shared value table.
-pub fn is_memory_param(name: &str) -> bool {
-    name.contains(".memory.") || name == crate::model::VALUES_NAME
 }
 
 /// The dense parameters the optimiser owns.

@@ -8,6 +8,7 @@
 //! the layer stays a plain `Linear`) spreads the queries before training starts.
 
 use crate::data::batches::BatchSource;
+use crate::model::memory::{layer_prefix, QUERY};
 use crate::model::params::ParamStore;
 use crate::model::{ForwardCtx, Llama};
 use anyhow::{Context, Result};
@@ -61,7 +62,7 @@ pub fn standardize_memory_queries(
         let std = x.broadcast_sub(&mu)?.sqr()?.mean_keepdim(0)?.sqrt()?.clamp(MIN_STD, f64::MAX)?;
         let rms = std.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()? as f64;
         let scale = std.recip()?.affine(rms, 0.0)?; // (1, D)
-        let name = format!("model.layers.{layer}.memory.query");
+        let name = format!("{}.{QUERY}", layer_prefix(layer));
         let w = store.get(&format!("{name}.weight")).with_context(|| format!("{name}.weight is not in the model"))?;
         let b = store.get(&format!("{name}.bias")).with_context(|| format!("{name}.bias is not in the model"))?;
         let w_new = w.as_tensor().to_dtype(DType::F32)?.broadcast_mul(&scale)?;

@@ -25,8 +25,7 @@ use candle_core::DType;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub use crate::io::files::{TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 
 /// The dtype of the written weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

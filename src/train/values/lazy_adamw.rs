@@ -237,19 +237,9 @@ impl ValueUpdate for LazyAdamW {
         }
         self.t += 1;
         let lr = self.lr * batch.lr_mult;
-        let AdamWParams { beta1, beta2, eps } = self.hp;
-        let decay = (1.0 - lr * self.weight_decay) as f32;
-        // Scalars of a row that has taken t steps, computed in f64 and rounded once, as the dense AdamW.
-        let kernel = move |t: u32| AdamWKernel {
-            b1: beta1 as f32,
-            b2: beta2 as f32,
-            one_m_b1: (1.0 - beta1) as f32,
-            one_m_b2: (1.0 - beta2) as f32,
-            decay,
-            step_size: (lr / (1.0 - beta1.powi(t as i32))) as f32,
-            inv_sqrt_bc2: (1.0 / (1.0 - beta2.powi(t as i32)).sqrt()) as f32,
-            eps: eps as f32,
-        };
+        let (hp, weight_decay) = (self.hp, self.weight_decay);
+        // Scalars of a row that has taken t steps, as the dense AdamW's.
+        let kernel = move |t: u32| hp.kernel(lr, weight_decay, t as usize);
         #[cfg(feature = "cuda")]
         if table.device().is_cuda() {
             if let RowStore::Host(h) = &self.store {
@@ -257,14 +247,7 @@ impl ValueUpdate for LazyAdamW {
                 let rows = h.export();
                 self.store = RowStore::Device(super::device_rows::DeviceRowState::from_rows(self.dim, self.rowwise, rows, table.device())?);
             }
-            let consts = crate::ops::cuda::update::AdamConsts {
-                b1: beta1 as f32,
-                b2: beta2 as f32,
-                one_m_b1: (1.0 - beta1) as f32,
-                one_m_b2: (1.0 - beta2) as f32,
-                decay,
-                eps: eps as f32,
-            };
+            let consts = kernel(1).consts();
             let RowStore::Device(state) = &mut self.store else { unreachable!("the state was just moved to the device") };
             return state.step(table, &g.rows, &g.grads, |t| (kernel(t).step_size, kernel(t).inv_sqrt_bc2), consts);
         }

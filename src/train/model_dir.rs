@@ -1,11 +1,13 @@
-//! The model a finetuning run starts from: a memtune checkpoint (with its experiment config,
-//! background index and synthetic world) or any other model folder, loaded frozen; and the
-//! pretrained model of a config, trained once into a folder named by its hash and reused.
+//! Opening a `--model` argument: a memtune checkpoint (with its experiment config, background
+//! index and synthetic world) or any other model folder, loaded frozen; the one loader every
+//! command uses. And the pretrained model of a config, trained once into a folder named by its
+//! hash and reused.
 
-use crate::config::ExperimentConfig;
+use crate::config::{DataSource, ExperimentConfig};
 use crate::data::synthetic::World;
 use crate::data::tokenizer::Tokenizer;
 use crate::io::checkpoint::Checkpoint;
+use crate::io::files::{EXPERIMENT_FILE, MODEL_FILE, TOKENIZER_FILE};
 use crate::model::pretrained::{load_model_dir, resolve_model_dir};
 use crate::model::{Llama, LlamaConfig, ParamBuilder, ParamStore};
 use crate::train::background::{build_and_store, checkpoint_config, stored_index};
@@ -34,32 +36,62 @@ pub struct Base {
     pub world: Option<World>,
 }
 
-/// Load a memtune checkpoint (with its background index and synthetic world, if any) or any
-/// other model folder.
-pub fn load_base(dir: &Path, device: &Device) -> Result<Base> {
-    let dir = resolve_model_dir(dir)?;
-    if !Checkpoint::exists(&dir) {
-        let m = load_model_dir(&dir, device)?;
-        return Ok(Base {
-            dir,
-            run_cfg: None,
-            model_cfg: m.model.cfg.clone(),
-            store: m.store,
-            model: m.model,
-            tokenizer: m.tokenizer,
-            background: None,
-            world: None,
-        });
+/// A `--model` argument opened: the folder it stands for (a model folder, a run directory's
+/// checkpoint, or a hub-cache snapshot) and, for a memtune run, the experiment it was trained
+/// with. Nothing heavy is read until [`ModelDir::load`].
+pub struct ModelDir {
+    pub dir: PathBuf,
+    /// `experiment.toml` of a memtune checkpoint.
+    pub experiment: Option<ExperimentConfig>,
+    checkpoint: bool,
+}
+
+impl ModelDir {
+    pub fn open(arg: &Path) -> Result<Self> {
+        let dir = resolve_model_dir(arg)?;
+        let checkpoint = Checkpoint::exists(&dir);
+        let exp = dir.join(EXPERIMENT_FILE);
+        let experiment = if exp.exists() { Some(ExperimentConfig::load(Some(&exp), &[])?) } else { None };
+        Ok(Self { dir, experiment, checkpoint })
     }
-    let ck = Checkpoint::load(&dir, device)?;
-    let cfg = checkpoint_config(&ck)?;
-    let background = stored_index(&ck.model, &ck.meta.model_metadata, &dir.join("model.safetensors"))?;
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
-    let world = matches!(cfg.data.source, crate::config::DataSource::Synthetic).then(|| World::generate(&cfg.data.world));
-    let store = ParamStore::new();
-    let tensors: HashMap<String, Tensor> = ck.model.into_iter().filter(|(k, _)| k != BACKGROUND_DF_NAME).collect();
-    let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, tensors, device).with_trainable(|_| false))?;
-    Ok(Base { dir, model_cfg: cfg.model.clone(), run_cfg: Some(cfg), store, model, tokenizer, background, world })
+
+    /// The synthetic world the run was trained on, if it was.
+    pub fn world(&self) -> Option<World> {
+        self.experiment.as_ref().filter(|c| matches!(c.data.source, DataSource::Synthetic)).map(|c| World::generate(&c.data.world))
+    }
+
+    /// The model, frozen, with its tokenizer and (memtune checkpoints) background index and
+    /// synthetic world; a checkpoint's optimiser state is not read.
+    pub fn load(self, device: &Device) -> Result<Base> {
+        let dir = self.dir;
+        if !self.checkpoint {
+            let m = load_model_dir(&dir, device)?;
+            return Ok(Base {
+                dir,
+                run_cfg: None,
+                model_cfg: m.model.cfg.clone(),
+                store: m.store,
+                model: m.model,
+                tokenizer: m.tokenizer,
+                background: None,
+                world: None,
+            });
+        }
+        let ck = Checkpoint::load_weights(&dir, device)?;
+        let cfg = checkpoint_config(&ck)?;
+        let background = stored_index(&ck.model, &ck.meta.model_metadata, &dir.join(MODEL_FILE))?;
+        let tokenizer = Tokenizer::from_file(dir.join(TOKENIZER_FILE))?;
+        let world = matches!(cfg.data.source, DataSource::Synthetic).then(|| World::generate(&cfg.data.world));
+        let store = ParamStore::new();
+        let tensors: HashMap<String, Tensor> = ck.model.into_iter().filter(|(k, _)| k != BACKGROUND_DF_NAME).collect();
+        let model = Llama::new(&cfg.model, &ParamBuilder::from_tensors(&store, tensors, device).with_trainable(|_| false))?;
+        Ok(Base { dir, model_cfg: cfg.model.clone(), run_cfg: Some(cfg), store, model, tokenizer, background, world })
+    }
+}
+
+/// Open and load a model folder (see [`ModelDir`]).
+pub fn load_base(dir: &Path, device: &Device) -> Result<Base> {
+    ModelDir::open(dir)?.load(device)
 }
 
 /// Part of the pretraining hash: bump it when a code change makes old pretrained models stale.

@@ -4,7 +4,7 @@
 //! same new facts with sparse memory finetuning, LoRA and full finetuning, and print the table of
 //! learning against forgetting and where the Pareto plot is. Needs nothing but the Rust toolchain.
 
-use super::forgetting::{self, ForgettingOutcome};
+use crate::bench::forgetting::{self, ForgettingOutcome};
 use crate::config::ExperimentConfig;
 use anyhow::Result;
 use candle_core::Device;

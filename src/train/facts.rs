@@ -1,22 +1,22 @@
-//! `memtune finetune`: learn a stream of new facts with one method (`[finetune] method`) and
-//! report closed-book QA on them before and after; save the result (a model folder, or for LoRA
-//! the adapters in PEFT's layout).
+//! Learning a list of facts with one method, the pipeline `memtune finetune`, the forgetting
+//! benchmark and the tests share: the facts a config names, the questions that test them, the
+//! stream of updates, and the finetuned model written as a model folder or PEFT adapter.
 
+use super::methods::{finetune_stream, prepare, FinetuneOutcome, Finetuned};
+use super::model_dir::Base;
+use super::tfidf::{BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
+use super::trainer::StepStats;
 use crate::config::{ExperimentConfig, FinetuneConfig, MethodKind};
 use crate::data::facts::{read_facts_jsonl, world_facts, Fact};
+use crate::data::qa::QaItem;
 use crate::data::synthetic::World;
-use crate::eval::qa::{evaluate_batched, statement_completion, QaItem, QaReport};
 use crate::io::checkpoint::{Checkpoint, CheckpointMeta};
+use crate::io::files::TOKENIZER_FILE;
 use crate::model::lora::{merge_into_base, save_peft};
 use crate::model::Llama;
-use crate::train::base_model::{load_base, Base};
-use crate::train::methods::{finetune_stream, prepare, FinetuneOutcome, Finetuned};
-use crate::train::tfidf::{BACKGROUND_BATCHES_KEY, BACKGROUND_DF_NAME};
-use crate::train::trainer::StepStats;
 use anyhow::{Context, Result};
-use candle_core::Device;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The facts `ft` asks for: from `ft.facts_file`, or the world's new people.
 pub fn facts_for(ft: &FinetuneConfig, world: Option<&World>) -> Result<Vec<Fact>> {
@@ -66,82 +66,6 @@ pub fn run_method_stream(
     finetune_stream(p, batches, |s| on_step(s, total), after_first)
 }
 
-/// What `memtune finetune` prints.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct FinetuneReport {
-    pub method: MethodKind,
-    pub facts: usize,
-    pub steps: usize,
-    pub seconds: f64,
-    pub mean_first_loss: f32,
-    pub mean_last_loss: f32,
-    /// Closed-book QA on the new facts' questions (absent when the facts have none).
-    pub new_fact_before: Option<QaReport>,
-    pub new_fact_after: Option<QaReport>,
-    /// Statement completion on the facts' own statements (the first word after the text that
-    /// precedes the answer), before and after.
-    pub statement_before: Option<QaReport>,
-    pub statement_after: Option<QaReport>,
-    /// Where the result was written.
-    pub out: String,
-}
-
-/// `memtune finetune`.
-pub fn finetune_command(
-    model_dir: &Path,
-    cfg: &ExperimentConfig,
-    out: Option<&Path>,
-    merge: bool,
-    device: &Device,
-) -> Result<FinetuneReport> {
-    let ft = &cfg.finetune;
-    let base = load_base(model_dir, device)?;
-    let facts = facts_for(ft, base.world.as_ref())?;
-    let items = fact_items(&facts, 0);
-    let eval = |m: &Llama| -> Result<(Option<QaReport>, Option<QaReport>)> {
-        if items.is_empty() {
-            return Ok((None, None));
-        }
-        Ok((Some(evaluate_batched(m, &base.tokenizer, &items)?.0), Some(statement_completion(m, &base.tokenizer, &facts)?)))
-    };
-    let (before, statement_before) = eval(&base.model)?;
-    let bar = crate::util::progress_bar(&format!("finetune {}", ft.method.name()), 0);
-    let (tuned, outcome) = run_method(&base, ft, &facts, |s, total| {
-        bar.set_length(total as u64);
-        bar.set_position(s.step as u64);
-        bar.set_message(format!("loss {:.3}", s.loss));
-    })?;
-    bar.finish_and_clear();
-    let (after, statement_after) = eval(&tuned.model)?;
-    let out = out.map(PathBuf::from).unwrap_or_else(|| {
-        // A repo id from the hub cache (no such path here): never write into the cache; the
-        // config's run directory gets the output instead.
-        if !model_dir.exists() {
-            return Path::new(&cfg.run.dir).join(format!("finetune-{}", ft.method.name()));
-        }
-        let run = if base.dir.ends_with(crate::train::pretrain::CHECKPOINT_DIR) {
-            base.dir.parent().unwrap_or(&base.dir).to_path_buf()
-        } else {
-            base.dir.clone()
-        };
-        run.join(format!("finetune-{}", ft.method.name()))
-    });
-    save_finetuned(&base, cfg, &tuned, &out, merge)?;
-    Ok(FinetuneReport {
-        method: ft.method,
-        facts: facts.len(),
-        steps: outcome.steps,
-        seconds: outcome.seconds,
-        mean_first_loss: outcome.mean_first_loss,
-        mean_last_loss: outcome.mean_last_loss,
-        new_fact_before: before,
-        new_fact_after: after,
-        statement_before,
-        statement_after,
-        out: out.display().to_string(),
-    })
-}
-
 /// Write a finetuned model under `out`: LoRA → `out/adapter/` (PEFT layout), plus with `merge`
 /// the merged model in `out/checkpoint/`; other methods → `out/checkpoint/` (a model folder that
 /// keeps the base's background index).
@@ -170,7 +94,7 @@ pub fn save_finetuned(base: &Base, cfg: &ExperimentConfig, tuned: &Finetuned, ou
             c.finetune = cfg.finetune.clone();
             c.to_toml()
         },
-        extra_files: [("tokenizer.json".to_string(), base.tokenizer.to_json_bytes()?)].into(),
+        extra_files: [(TOKENIZER_FILE.to_string(), base.tokenizer.to_json_bytes()?)].into(),
         ..Default::default()
     };
     if let Some(ix) = &base.background {
