@@ -277,17 +277,23 @@ impl Log {
     }
 }
 
+/// A condition on the eval passages: its name, the ReST-EM round whose generator writes its
+/// self-edits (0: the untrained one), and whether the passage alone is scored first (the base
+/// condition's `passage-only`).
+struct Condition<'a> {
+    name: &'a str,
+    round: usize,
+    passage_only: bool,
+}
+
 /// One condition on the eval passages: the generator's self-edits for each (sampled once), scored
-/// with every inner method; `passage_only` also scores the passage alone first (the base
-/// condition). Returns the self-edits.
-#[allow(clippy::too_many_arguments)]
+/// with every inner method. Returns the self-edits and their diagnostics.
 fn eval_condition(
     sc: &Scorer,
     generator: &Generator,
     settings: &InnerSettings,
-    (condition, round): (&str, usize),
+    c: Condition,
     (eval, before): (&[Passage], &[QaScores]),
-    passage_only: bool,
     log: &mut Log,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Vec<Vec<SelfEdit>>, EditDiagnostics)> {
@@ -296,9 +302,10 @@ fn eval_condition(
         .iter()
         .map(|p| {
             bar.inc(1);
-            generator.sample(sc.template, p, seal, &format!("eval round {round}"), sc.timings)
+            generator.sample(sc.template, p, seal, &format!("eval round {}", c.round), sc.timings)
         })
         .collect::<Result<_>>()?;
+    let (condition, passage_only) = (c.name, c.passage_only);
     let diag = edit_diagnostics(condition, &eval.iter().zip(&edits).map(|(p, e)| (p, e.as_slice())).collect::<Vec<_>>());
     for &m in &seal.inner_methods {
         let s = settings.with_method(m);
@@ -520,7 +527,15 @@ pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<SealOutcome> {
 
     // Passage only, and base self-edits.
     let bar = crate::util::progress_bar("seal base", eval.len() * (1 + seal.inner_methods.len() * 2));
-    let (base_edits, diag) = eval_condition(&sc, &generator, &settings, ("base-self-edits", 0), (eval, &before), true, &mut log, &bar)?;
+    let (base_edits, diag) = eval_condition(
+        &sc,
+        &generator,
+        &settings,
+        Condition { name: "base-self-edits", round: 0, passage_only: true },
+        (eval, &before),
+        &mut log,
+        &bar,
+    )?;
     let mut edit_diags = vec![diag];
     bar.finish_and_clear();
 
@@ -532,7 +547,15 @@ pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<SealOutcome> {
         let bar = crate::util::progress_bar(&format!("seal round {round}"), passages.len() + eval.len() * (1 + seal.inner_methods.len()));
         rounds.push(rest_em_round(&sc, &mut generator, &reward_settings, (round, passages), cfg, &mut log, &bar)?);
         let condition = format!("round-{round}");
-        let (_, diag) = eval_condition(&sc, &generator, &settings, (&condition, round), (eval, &before), false, &mut log, &bar)?;
+        let (_, diag) = eval_condition(
+            &sc,
+            &generator,
+            &settings,
+            Condition { name: &condition, round, passage_only: false },
+            (eval, &before),
+            &mut log,
+            &bar,
+        )?;
         edit_diags.push(diag);
         bar.finish_and_clear();
     }

@@ -43,16 +43,13 @@ impl Sgd {
 
 /// The SGD update of a parameter on a GPU, from candle ops (the same arithmetic as the CPU
 /// kernels), written back into the parameter's `Var`; `bufs` holds the momentum buffers.
-#[allow(clippy::too_many_arguments)]
 fn sgd_on_device(
     store: &ParamStore,
     bufs: &mut BTreeMap<String, Tensor>,
     momentum: f64,
     name: &str,
     (p, g): (&Tensor, &Tensor),
-    lr: f32,
-    wd: f32,
-    mu: f32,
+    (lr, wd, mu): (f32, f32, f32),
 ) -> Result<()> {
     let d = (g + (p * wd as f64)?)?;
     let step = if momentum == 0.0 {
@@ -82,7 +79,7 @@ impl Optimizer for Sgd {
                 let p = param_tensor(&self.store, name)?;
                 let g = grad_for(name, g, &p)?;
                 if !p.device().is_cpu() {
-                    sgd_on_device(&self.store, &mut self.bufs, self.momentum, name, (&p, &g), lr_g, wd, mu)
+                    sgd_on_device(&self.store, &mut self.bufs, self.momentum, name, (&p, &g), (lr_g, wd, mu))
                         .with_context(|| format!("SGD update of {name}"))?;
                     continue;
                 }
