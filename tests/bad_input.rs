@@ -36,6 +36,10 @@ fn ill_typed_config_value_names_key_and_file() {
     assert!(e.to_string().contains("train.optimizer"), "{e}");
     let e = err_of(ExperimentConfig::from_toml_str("[model]\nhidden_size = 30\nnum_attention_heads = 4\n", "exp.toml", &[]));
     assert!(e.to_string().contains("hidden_size"), "{e}");
+    let e = err_of(ExperimentConfig::from_toml_str("[data.reading]\nopen_book_fraction = 0.7\nrestate_fraction = 0.7\n", "exp.toml", &[]));
+    assert!(e.to_string().contains("data.reading.restate_fraction") && e.to_string().contains("exp.toml"), "{e}");
+    let e = err_of(ExperimentConfig::from_toml_str("[data.reading]\nrestate_prompt = \"Facts:\"\n", "exp.toml", &[]));
+    assert!(e.to_string().contains("data.reading.restate_prompt"), "{e}");
 }
 
 #[test]

@@ -118,3 +118,18 @@ fn resume_is_bit_exact(extra: &[&str], optimizer_keys: &[&str]) {
         assert!(rows > 0 && rows <= 256, "{rows} rows with optimiser state");
     }
 }
+
+/// The reader world is off by default and then absent from the resolved config, so the
+/// pretraining folder of every existing config keeps its hash; on, it is part of the hash.
+#[test]
+fn reader_world_is_off_by_default_and_part_of_the_pretraining_hash_when_on() {
+    use memtune::config::ExperimentConfig;
+    use memtune::train::model_dir::pretrain_dir;
+    let off = ExperimentConfig::default();
+    assert!(!off.to_toml().contains("reading"), "{}", off.to_toml());
+    let on = ExperimentConfig::from_toml_str("[data.reading]\nopen_book_fraction = 0.3\n", "exp.toml", &[]).unwrap();
+    assert!(on.to_toml().contains("[data.reading]"));
+    assert_ne!(pretrain_dir(&off), pretrain_dir(&on));
+    let back = ExperimentConfig::from_toml_str(&on.to_toml(), "resolved.toml", &[]).unwrap();
+    assert_eq!(back.data.reading, on.data.reading);
+}

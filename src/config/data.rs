@@ -1,5 +1,6 @@
 //! `[data]`: what pretraining reads.
 
+use crate::data::reading::ReadingConfig;
 use crate::data::synthetic::WorldConfig;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,10 @@ pub struct DataConfig {
     pub tokenizer: String,
     /// Fraction of pretraining documents that are question/answer pairs (synthetic world).
     pub qa_fraction: f64,
+    /// Reader-world documents (`[data.reading]`, synthetic world; off by default, and then left
+    /// out of the resolved config so that the pretraining hash of existing runs is unchanged).
+    #[serde(skip_serializing_if = "ReadingConfig::is_off")]
+    pub reading: ReadingConfig,
 }
 
 impl Default for DataConfig {
@@ -34,6 +39,7 @@ impl Default for DataConfig {
             text_files: vec![],
             tokenizer: String::new(),
             qa_fraction: 0.3,
+            reading: ReadingConfig::default(),
         }
     }
 }

@@ -161,6 +161,10 @@ impl ExperimentConfig {
         if !(0.0..=1.0).contains(&self.data.qa_fraction) {
             return bad("data.qa_fraction", "must be in [0, 1]");
         }
+        self.data.reading.validate()?;
+        if !self.data.reading.is_off() && self.data.world.total_people() >= crate::data::synthetic::MAX_PEOPLE {
+            return bad("data.reading", "its documents are about strangers, but the world's people use every name");
+        }
         self.finetune.validate()?;
         if self.background.batches == 0 || self.background.batch_size == 0 {
             return bad("background.batches", "background.batches and background.batch_size must be > 0");

@@ -12,6 +12,7 @@
 //! Padded batches: variable-length sequences right-padded for fact finetuning, with
 //! `ops::IGNORE_INDEX` targets where no loss should be taken.
 
+use super::reading::ReadingConfig;
 use super::synthetic::World;
 use super::tokenizer::Tokenizer;
 use crate::ops::IGNORE_INDEX;
@@ -201,6 +202,7 @@ pub struct SyntheticDocs {
     world: Arc<World>,
     tokenizer: Tokenizer,
     qa_fraction: f64,
+    reading: ReadingConfig,
     rng: ChaCha8Rng,
 }
 
@@ -209,7 +211,11 @@ impl DocSource for SyntheticDocs {
         // One ChaCha stream per document: document k needs no draws for documents before it.
         let mut rng = self.rng.clone();
         rng.set_stream(index);
-        self.tokenizer.encode(&self.world.pretraining_document(&mut rng, self.qa_fraction))
+        let text = match self.reading.document(&self.world, &mut rng) {
+            Some(d) => d,
+            None => self.world.pretraining_document(&mut rng, self.qa_fraction),
+        };
+        self.tokenizer.encode(&text)
     }
 }
 
@@ -234,8 +240,20 @@ impl SyntheticStream {
             &qa_fraction.to_le_bytes(),
         ]);
         let eos = tokenizer.eos_id();
-        let docs = SyntheticDocs { world, tokenizer, qa_fraction, rng: rng_for(seed, "synthetic-docs") };
+        let docs = SyntheticDocs { world, tokenizer, qa_fraction, reading: ReadingConfig::default(), rng: rng_for(seed, "synthetic-docs") };
         Ok(Self(PackedStream::new(docs, eos, batch, seq, "synthetic", seed, fingerprint)?))
+    }
+
+    /// With reader-world documents mixed in (`data.reading`); off leaves the stream as it is.
+    pub fn with_reading(mut self, reading: &ReadingConfig) -> Result<Self> {
+        if reading.is_off() {
+            return Ok(self);
+        }
+        reading.validate().map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;
+        let r = serde_json::to_string(reading)?;
+        self.0.fingerprint = format!("{:016x}", stable_hash(&[self.0.fingerprint.as_bytes(), r.as_bytes()]));
+        self.0.source.reading = reading.clone();
+        Ok(self)
     }
 
     /// This stream continued from `pos` (taken from a stream built with the same arguments; a

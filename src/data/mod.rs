@@ -4,6 +4,7 @@
 pub mod batches;
 pub mod facts;
 pub mod qa;
+pub mod reading;
 pub mod squad;
 pub mod synthetic;
 pub mod text;

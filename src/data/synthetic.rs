@@ -444,6 +444,23 @@ impl World {
         }
     }
 
+    /// A person outside the world: a name no person of any split has, random attribute values.
+    /// The reader world's documents are about strangers, so that answering from them means
+    /// reading the passage (a stranger's facts are nowhere else). `split` is `Qa` and unused.
+    pub fn stranger<R: Rng + ?Sized>(&self, rng: &mut R) -> Person {
+        // `ExperimentConfig::validate` refuses reading documents in a world that uses every name.
+        assert!(self.config.total_people() < MAX_PEOPLE, "no name is left for a stranger");
+        let name = loop {
+            let n =
+                format!("{} {}", FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())], LAST_NAMES[rng.random_range(0..LAST_NAMES.len())]);
+            if self.find(&n).is_none() {
+                break n;
+            }
+        };
+        let values = Attribute::ALL.map(|a| a.values()[rng.random_range(0..a.values().len())].to_string());
+        Person { name, split: Split::Qa, values }
+    }
+
     /// A fixed biography per person (seeded by the world seed and the name): the passage
     /// SEAL reads and the text written to bios.jsonl.
     pub fn passage(&self, person: &Person) -> String {

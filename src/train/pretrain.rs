@@ -38,7 +38,13 @@ pub fn run_tokenizer(cfg: &ExperimentConfig, dir: &Path, world: Option<&World>) 
         Tokenizer::from_file(Path::new(&cfg.data.tokenizer))?
     } else {
         let texts: Vec<String> = match (cfg.data.source, world) {
-            (DataSource::Synthetic, Some(w)) => w.corpus_sample(4000, cfg.train.seed),
+            (DataSource::Synthetic, Some(w)) => {
+                let mut docs = w.corpus_sample(4000, cfg.train.seed);
+                // The reader world's document forms, so that their words get tokens of their own.
+                let mut rng = crate::util::rng_for(cfg.train.seed, "reading-corpus");
+                docs.extend((0..400).filter_map(|_| cfg.data.reading.document(w, &mut rng)));
+                docs
+            }
             _ => crate::data::text::read_documents(&cfg.data.text_files)?,
         };
         crate::data::tokenizer::train_bpe(&texts, cfg.model.vocab_size)?
@@ -60,7 +66,8 @@ pub fn training_stream(
     Ok(match cfg.data.source {
         DataSource::Synthetic => {
             let w = world.context("synthetic data needs a world")?.clone();
-            let s = SyntheticStream::new(w, tok.clone(), seed, cfg.data.qa_fraction, t.batch_size, t.seq_len)?;
+            let s = SyntheticStream::new(w, tok.clone(), seed, cfg.data.qa_fraction, t.batch_size, t.seq_len)?
+                .with_reading(&cfg.data.reading)?;
             Box::new(match pos {
                 Some(p) => s.from_position(p)?,
                 None => s,
