@@ -122,6 +122,16 @@ impl Generator {
             return Ok(Generator { cfg: base.model_cfg.clone(), store, model, tok: base.tokenizer.clone(), chat: qa.chat.clone() });
         }
         let t = load_base(Path::new(&seal.teacher), device).with_context(|| format!("seal.teacher = {}", seal.teacher))?;
+        // Self-edits travel as text, but ReST-EM's reward and the student's inner loop assume one
+        // vocabulary: a teacher that splits text differently is a config mistake, refused here.
+        if t.tokenizer.inner().get_vocab(true) != base.tokenizer.inner().get_vocab(true) {
+            anyhow::bail!(
+                "seal.teacher = {}: its tokenizer ({} tokens) differs from the student's ({} tokens); SEAL needs one vocabulary",
+                seal.teacher,
+                t.tokenizer.vocab_size(),
+                base.tokenizer.vocab_size()
+            );
+        }
         let chat = ChatFormat::resolve(seal.chat, &t.dir)?;
         Ok(Generator { cfg: t.model_cfg, store: t.store, model: t.model, tok: t.tokenizer, chat })
     }
