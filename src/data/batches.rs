@@ -257,7 +257,7 @@ impl SyntheticStream {
     }
 
     /// This stream continued from `pos` (taken from a stream built with the same arguments; a
-    /// different seed, world or qa_fraction is an error).
+    /// different seed, world, qa_fraction or `data.reading` is an error).
     pub fn from_position(mut self, pos: &DataPosition) -> Result<Self> {
         self.0.seek(pos)?;
         Ok(self)
