@@ -335,6 +335,35 @@ fn seal_preset_runs_end_to_end_and_writes_the_documented_files() {
 }
 
 #[test]
+fn a_teacher_with_another_tokenizer_is_refused_naming_it() {
+    base();
+    let teacher = tempfile::tempdir().unwrap();
+    let ckpt = memtune::train::model_dir::pretrain_dir(&cfg(&[])).join("checkpoint");
+    // A plain model folder (a checkpoint's manifest would refuse the changed tokenizer first).
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(ckpt.join(f), teacher.path().join(f)).unwrap();
+    }
+    // The same weights with a smaller vocabulary trained on the same world.
+    let o = Command::new(env!("CARGO_BIN_EXE_memtune"))
+        .args(["tokenizer", "train", "--config", "configs/seal-synthetic.toml", "--vocab-size", "300", "--out"])
+        .arg(teacher.path().join("tokenizer.json"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = run_dir().join("seal-bad-teacher");
+    let o = Command::new(env!("CARGO_BIN_EXE_memtune"))
+        .args(["seal", "--config", "configs/seal-synthetic.toml"])
+        .args(["--set", &format!("run.dir=\"{}\"", run_dir().display()), "--set", SHORT_PRETRAINING])
+        .args(["--set", &format!("seal.out=\"{}\"", out.display())])
+        .args(["--set", &format!("seal.teacher=\"{}\"", teacher.path().display())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("seal.teacher") && err.contains("300 tokens"), "{err}");
+    assert!(!out.join("self_edits.jsonl").exists(), "nothing is written before the refusal");
+}
+
+#[test]
 fn templates_fill_title_and_passage_and_apply_chatml() {
     use memtune::config::ChatMode;
     use memtune::seal::templates::Template;
