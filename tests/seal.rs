@@ -351,13 +351,7 @@ fn a_teacher_with_another_tokenizer_is_refused_naming_it() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = run_dir().join("seal-bad-teacher");
-    let o = Command::new(env!("CARGO_BIN_EXE_memtune"))
-        .args(["seal", "--config", "configs/seal-synthetic.toml"])
-        .args(["--set", &format!("run.dir=\"{}\"", run_dir().display()), "--set", SHORT_PRETRAINING])
-        .args(["--set", &format!("seal.out=\"{}\"", out.display())])
-        .args(["--set", &format!("seal.teacher=\"{}\"", teacher.path().display())])
-        .output()
-        .unwrap();
+    let o = seal_output(&out, &[format!("seal.teacher=\"{}\"", teacher.path().display())]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("seal.teacher") && err.contains("300 tokens"), "{err}");
     assert!(!out.join("self_edits.jsonl").exists(), "nothing is written before the refusal");
@@ -416,17 +410,22 @@ fn templates_fill_title_and_passage_and_apply_chatml() {
     assert_eq!(memtune::seal::run::oracle_sequences(&p, &qa()), ["Q: Where was Ada born? A: Paris", "Ada was born in Paris."]);
 }
 
-/// Runs `memtune seal` on the preset with the tests' model and `sets`; returns the results folder.
-fn seal_cli(name: &str, sets: &[String]) -> PathBuf {
+/// `memtune seal` on the preset with the tests' model and `sets`, results into `out`.
+fn seal_output(out: &Path, sets: &[String]) -> std::process::Output {
     base();
-    let out = run_dir().join(name);
     let mut args = vec!["seal".to_string(), "--config".into(), "configs/seal-synthetic.toml".into()];
     let all = [format!("run.dir=\"{}\"", run_dir().display()), SHORT_PRETRAINING.into(), format!("seal.out=\"{}\"", out.display())];
     for s in all.iter().chain(sets) {
         args.push("--set".into());
         args.push(s.clone());
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_memtune")).args(&args).output().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_memtune")).args(&args).output().unwrap()
+}
+
+/// Runs `memtune seal` as `seal_output` does, into `<run dir>/<name>`; returns that folder.
+fn seal_cli(name: &str, sets: &[String]) -> PathBuf {
+    let out = run_dir().join(name);
+    let o = seal_output(&out, sets);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }

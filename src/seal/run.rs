@@ -24,12 +24,13 @@ pub use super::report::{Diagnostics, RoundReport, SummaryLine};
 use super::rest_em::{select, sft_batches, sft_generator, sft_pair, SftStep};
 use super::self_edit::{sample_self_edits, training_sequences, SampleOptions, SelfEdit};
 use super::templates::{ChatFormat, QaFormat, Template};
-use crate::config::{AnswerMetric, ContinualEdits, ExperimentConfig, MethodKind, Ranking, SealConfig};
+use crate::config::{AnswerMetric, ContinualEdits, ExperimentConfig, MethodKind, SealConfig};
 use crate::data::synthetic::Split;
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::metrics::mean_stderr;
 use crate::model::{Llama, LlamaConfig, ParamStore};
 use crate::train::model_dir::{load_base, pretrained_base, Base};
+use crate::train::tfidf::check_index;
 use crate::util::stable_hash;
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -487,18 +488,12 @@ pub fn run(cfg: &ExperimentConfig, device: &Device) -> Result<SealOutcome> {
 
     // 1. Student and generator.
     let base: Base = if seal.model.is_empty() { pretrained_base(cfg, device)? } else { load_base(Path::new(&seal.model), device)? };
-    // A sparse-memory inner loop ranks rows by TF-IDF against the model's background index:
-    // refused now, not after the first conditions have run.
+    // The sparse-memory inner loop's row ranking, checked now rather than when its first
+    // condition runs.
     let continual = if seal.continual_passages > 0 { seal.continual_methods.as_slice() } else { &[] };
-    if seal.inner_methods.iter().chain(continual).any(|&m| m == MethodKind::SparseMemory)
-        && cfg.finetune.sparse_memory.ranking == Ranking::Tfidf
-        && base.background.is_none()
-    {
-        anyhow::bail!(
-            "seal.model = {}: the sparse-memory inner loop (finetune.sparse_memory.ranking = \"tfidf\") needs the model's background index; run `memtune background --model {}` first",
-            seal.model,
-            seal.model
-        );
+    if seal.inner_methods.iter().chain(continual).any(|&m| m == MethodKind::SparseMemory) {
+        check_index(cfg.finetune.sparse_memory.ranking, base.background.is_some())
+            .with_context(|| format!("seal.model = {}: finetune.sparse_memory", seal.model))?;
     }
     let student = Student {
         cfg: &base.model_cfg,

@@ -88,12 +88,18 @@ pub struct TfIdfSelect {
     rng: ChaCha8Rng,
 }
 
+/// `ranking` can run on a model with (`has_index`) or without a background index.
+pub fn check_index(ranking: Ranking, has_index: bool) -> Result<()> {
+    ensure!(
+        ranking != Ranking::Tfidf || has_index,
+        "ranking = \"tfidf\" needs a background index: run `memtune background` on the checkpoint first"
+    );
+    Ok(())
+}
+
 impl TfIdfSelect {
     pub fn new(ranking: Ranking, top_t: Option<usize>, index: Option<BackgroundIndex>, seed: u64) -> Result<Self> {
-        ensure!(
-            ranking != Ranking::Tfidf || index.is_some(),
-            "ranking = \"tfidf\" needs a background index: run `memtune background` on the checkpoint first"
-        );
+        check_index(ranking, index.is_some())?;
         Ok(Self { ranking, top_t, index, rng: rng_for(seed, "smf-random-rows") })
     }
 
